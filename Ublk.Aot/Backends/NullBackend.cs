@@ -1,0 +1,25 @@
+using Ublk.Aot.Abi;
+using Ublk.Aot.Ublk;
+
+namespace Ublk.Aot.Backends;
+
+/// <summary>null:SIZE — completes every request at once without touching data: the ceiling of the stack.</summary>
+public struct NullBackend : IBackend
+{
+    public void Attach(UblkQueue queue) { }
+
+    public int Submit(UblkQueue queue, ushort tag, in ublksrv_io_desc iod)
+        => iod.Op is UblkConst.UBLK_IO_OP_READ or UblkConst.UBLK_IO_OP_WRITE ? (int)(iod.nr_sectors << 9) : 0;
+
+    public int Complete(UblkQueue queue, ushort tag, byte subOp, int res) => res;
+
+    public void Detach(UblkQueue queue) { }
+}
+
+public sealed class NullSpec(ulong size) : LeafSpec<NullBackend>
+{
+    public ulong Size { get; } = size;
+    public override string Describe() => "null:" + Size;
+    public override BackendCaps Caps => new() { Size = Size, Discard = true, WriteZeroes = true };
+    protected override NullBackend Make() => new();
+}

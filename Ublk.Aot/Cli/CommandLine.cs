@@ -1,0 +1,215 @@
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+using System.IO;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using System.Threading;
+using Ublk.Aot.Abi;
+using Ublk.Aot.Backends;
+using Ublk.Aot.Interop;
+using Ublk.Aot.Ublk;
+
+namespace Ublk.Aot.Cli;
+
+/// <summary>The ublk-aot command line. Exit codes: 0 ok, 1 runtime failure, 2 bad input or environment.</summary>
+public static class CommandLine
+{
+    public const string Version = "0.1.0";
+
+    public const string Usage = """
+        usage: ublk-aot COMMAND [OPTIONS]
+
+          serve --backend SPEC [--queues N] [--depth N] [--block-size 512|4096] [--max-io BYTES]
+                [--read-only] [--id N] [--cpus LIST] [--stats]
+                    create /dev/ublkbN served by this process until SIGINT/SIGTERM
+                    SPEC: null:SIZE | mem:SIZE | file:PATH[,size=SIZE][,direct=on|off|auto]
+                          | fault:rate=R[,ops=read+write+...][,seed=N][,errno=N]:SPEC
+          list [--json]     the kernel's ublk devices
+          del ID | --all    stop and remove ublk devices
+          features [--json] the ublk features of the running kernel
+          --version         print the version
+
+        sizes take K/M/G/T suffixes (powers of 1024)
+        """;
+
+    public static int Run(string[] args)
+    {
+        try
+        {
+            if (args.Length == 0) { Console.Error.WriteLine(Usage); return 2; }
+            string cmd = args[0];
+            string[] rest = args[1..];
+            return cmd switch
+            {
+                "--version" or "version" or "-V" => PrintVersion(),
+                "help" or "--help" or "-h" => PrintHelp(),
+                "features" => Features(rest),
+                "serve" => Serve.Run(rest),
+                "list" => ListDevices(rest),
+                "del" => Delete(rest),
+                _ => throw new UsageException("unknown command '" + cmd + "' (serve, list, del, features, --version)"),
+            };
+        }
+        catch (UsageException e)
+        {
+            Console.Error.WriteLine("ublk-aot: " + e.Message);
+            return 2;
+        }
+        catch (UblkException e)
+        {
+            Console.Error.WriteLine("ublk-aot: " + e.Message);
+            return 1;
+        }
+        catch (SysException e)
+        {
+            Console.Error.WriteLine("ublk-aot: " + e.Message);
+            return 1;
+        }
+    }
+
+    private static int PrintVersion()
+    {
+        Console.WriteLine("ublk-aot " + Version);
+        return 0;
+    }
+
+    private static int PrintHelp()
+    {
+        Console.WriteLine(Usage);
+        return 0;
+    }
+
+    /// <summary>Flags without values, checked against an allow-list.</summary>
+    internal static HashSet<string> Flags(string[] args, string command, params string[] allowed)
+    {
+        var set = new HashSet<string>(StringComparer.Ordinal);
+        foreach (string a in args)
+        {
+            if (Array.IndexOf(allowed, a) < 0) throw new UsageException(command + ": unexpected argument '" + a + "'");
+            set.Add(a);
+        }
+        return set;
+    }
+
+    private static int Features(string[] args)
+    {
+        bool json = Flags(args, "features", "--json").Contains("--json");
+        using var ctrl = new UblkControl();
+        ulong f = ctrl.Features;
+        if (json)
+        {
+            using var w = NewJsonWriter();
+            w.WriteStartObject();
+            w.WriteString("features", "0x" + f.ToString("x", CultureInfo.InvariantCulture));
+            w.WriteNumber("value", f);
+            w.WriteStartArray("names");
+            foreach (string n in FeatureNames(f)) w.WriteStringValue(n);
+            w.WriteEndArray();
+            w.WriteEndObject();
+            w.Flush();
+            Console.WriteLine();
+        }
+        else
+        {
+            Console.WriteLine("ublk features: 0x" + f.ToString("x", CultureInfo.InvariantCulture));
+            foreach (string n in FeatureNames(f)) Console.WriteLine("  UBLK_F_" + n);
+        }
+        return 0;
+    }
+
+    public static List<string> FeatureNames(ulong f)
+    {
+        var names = new List<string>();
+        for (int bit = 0; bit < 64; bit++)
+        {
+            if ((f & (1UL << bit)) == 0) continue;
+            names.Add(bit < UblkConst.FeatureNames.Length ? UblkConst.FeatureNames[bit] : "BIT" + bit.ToString(CultureInfo.InvariantCulture));
+        }
+        return names;
+    }
+
+    internal static Utf8JsonWriter NewJsonWriter()
+        => new(Console.OpenStandardOutput(), new JsonWriterOptions { Indented = false });
+
+    private static int ListDevices(string[] args)
+    {
+        bool json = Flags(args, "list", "--json").Contains("--json");
+        using var ctrl = new UblkControl();
+        uint[] ids = UblkControl.ListDeviceIds();
+        Utf8JsonWriter? w = null;
+        if (json) { w = NewJsonWriter(); w.WriteStartArray(); }
+        else Console.WriteLine("ID   STATE     QUEUES DEPTH  SIZE          PID      BLOCK");
+        foreach (uint id in ids)
+        {
+            if (ctrl.TryGetDevInfo(id, out ublksrv_ctrl_dev_info info) < 0) continue;
+            ulong size = 0;
+            try { size = ctrl.GetParams(id).basic.dev_sectors << 9; } catch (UblkException) { }
+            string state = UblkConst.StateName(info.state);
+            string block = File.Exists("/dev/ublkb" + id) ? "/dev/ublkb" + id : "-";
+            if (w != null)
+            {
+                w.WriteStartObject();
+                w.WriteNumber("id", id);
+                w.WriteString("state", state);
+                w.WriteNumber("queues", info.nr_hw_queues);
+                w.WriteNumber("depth", info.queue_depth);
+                w.WriteNumber("size", size);
+                w.WriteNumber("max_io", info.max_io_buf_bytes);
+                w.WriteNumber("pid", info.ublksrv_pid);
+                w.WriteString("flags", "0x" + info.flags.ToString("x", CultureInfo.InvariantCulture));
+                w.WriteString("block", block);
+                w.WriteEndObject();
+            }
+            else
+            {
+                Console.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0,-4} {1,-9} {2,6} {3,5}  {4,-13} {5,-8} {6}",
+                    id, state, info.nr_hw_queues, info.queue_depth, Sizes.Format(size), info.ublksrv_pid, block));
+            }
+        }
+        if (w != null) { w.WriteEndArray(); w.Flush(); w.Dispose(); Console.WriteLine(); }
+        return 0;
+    }
+
+    private static int Delete(string[] args)
+    {
+        if (args.Length != 1) throw new UsageException("del: expected one device id or --all");
+        using var ctrl = new UblkControl();
+        uint[] ids;
+        if (args[0] == "--all") ids = UblkControl.ListDeviceIds();
+        else if (uint.TryParse(args[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id))
+        {
+            if (ctrl.TryGetDevInfo(id, out _) < 0) throw new UsageException("del: no ublk device " + id);
+            ids = [id];
+        }
+        else throw new UsageException("del: '" + args[0] + "' is not a device id");
+
+        int failed = 0;
+        foreach (uint id in ids)
+        {
+            // STOP_DEV removes the disk (a live server sees its device die and exits, releasing /dev/ublkcN);
+            // DEL_DEV_ASYNC then frees the id once the last user is gone, without blocking on that user.
+            ctrl.StopDev(id);
+            int rc = ctrl.DelDev(id, async: true);
+            if (rc < 0 && rc != -Errno.ENODEV && rc != -Errno.ENOENT)
+            {
+                Console.Error.WriteLine("ublk-aot: del " + id + ": " + Errno.Name(rc));
+                failed++;
+                continue;
+            }
+            if (!WaitGone(id, 10_000))
+                Console.Error.WriteLine("ublk-aot: del " + id + ": deletion pending (a process still holds /dev/ublkc" + id + " or /dev/ublkb" + id + ")");
+        }
+        return failed == 0 ? 0 : 1;
+    }
+
+    internal static bool WaitGone(uint id, int timeoutMs)
+    {
+        for (int waited = 0; waited < timeoutMs; waited += 20)
+        {
+            if (!Directory.Exists("/sys/class/ublk-char/ublkc" + id)) return true;
+            Thread.Sleep(20);
+        }
+        return !Directory.Exists("/sys/class/ublk-char/ublkc" + id);
+    }
+}

@@ -1,0 +1,80 @@
+using System;
+using System.Runtime.InteropServices;
+
+namespace Ublk.Aot.Interop;
+
+/// <summary>errno values used on the data path, names for messages, and the one exception type of the setup path.</summary>
+public static class Errno
+{
+    public const int EPERM = 1;
+    public const int ENOENT = 2;
+    public const int EINTR = 4;
+    public const int EIO = 5;
+    public const int ENXIO = 6;
+    public const int EBADF = 9;
+    public const int EAGAIN = 11;
+    public const int ENOMEM = 12;
+    public const int EACCES = 13;
+    public const int EFAULT = 14;
+    public const int EBUSY = 16;
+    public const int EEXIST = 17;
+    public const int ENODEV = 19;
+    public const int EINVAL = 22;
+    public const int ENOSPC = 28;
+    public const int EROFS = 30;
+    public const int ENOSYS = 38;
+    public const int EOPNOTSUPP = 95;
+    public const int ETIME = 62;
+    public const int ECANCELED = 125;
+
+    /// <summary>errno of the last libc call made with SetLastError.</summary>
+    public static int Last => Marshal.GetLastPInvokeError();
+
+    public static string Name(int errno)
+    {
+        errno = Math.Abs(errno);
+        return errno switch
+        {
+            EPERM => "EPERM",
+            ENOENT => "ENOENT",
+            EINTR => "EINTR",
+            EIO => "EIO",
+            ENXIO => "ENXIO",
+            EBADF => "EBADF",
+            EAGAIN => "EAGAIN",
+            ENOMEM => "ENOMEM",
+            EACCES => "EACCES",
+            EFAULT => "EFAULT",
+            EBUSY => "EBUSY",
+            EEXIST => "EEXIST",
+            ENODEV => "ENODEV",
+            EINVAL => "EINVAL",
+            ENOSPC => "ENOSPC",
+            EROFS => "EROFS",
+            ENOSYS => "ENOSYS",
+            EOPNOTSUPP => "EOPNOTSUPP",
+            ETIME => "ETIME",
+            ECANCELED => "ECANCELED",
+            _ => "errno " + errno.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        };
+    }
+}
+
+/// <summary>A failed system call on the setup or control path: names the operation and the errno.</summary>
+public sealed class SysException : Exception
+{
+    public int Errno { get; }
+
+    public SysException(string operation, int errno)
+        : base(operation + ": " + Interop.Errno.Name(errno) + " (" + Marshal.GetPInvokeErrorMessage(Math.Abs(errno)) + ")")
+    {
+        Errno = Math.Abs(errno);
+    }
+
+    /// <summary>Throws with the current errno if <paramref name="rc"/> is negative.</summary>
+    public static long Check(long rc, string operation)
+    {
+        if (rc < 0) throw new SysException(operation, Interop.Errno.Last);
+        return rc;
+    }
+}

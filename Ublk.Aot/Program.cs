@@ -1,0 +1,6 @@
+namespace Ublk.Aot;
+
+public static class Program
+{
+    public static int Main(string[] args) => Cli.CommandLine.Run(args);
+}

@@ -1,0 +1,211 @@
+using System;
+using System.IO;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Threading;
+using Ublk.Aot.Abi;
+using Ublk.Aot.Interop;
+using Ublk.Aot.Ring;
+using static Ublk.Aot.Abi.UblkConst;
+
+namespace Ublk.Aot.Ublk;
+
+/// <summary>
+/// /dev/ublk-control: control commands as IORING_OP_URING_CMD on a SQE128 ring (ublksrv_ctrl_cmd sits in
+/// sqe->cmd). Commands are serialised by a lock; none of this is on the data path.
+/// </summary>
+public sealed unsafe class UblkControl : IDisposable
+{
+    public const string ControlPath = "/dev/ublk-control";
+    private const uint AutoId = uint.MaxValue;
+
+    private readonly int _fd;
+    private readonly IoUring _ring;
+    private readonly Lock _lock = new();
+    private bool _useIoctlEncoding;
+
+    /// <summary>The kernel's feature flags (UBLK_U_CMD_GET_FEATURES); 0 on kernels without the command.</summary>
+    public ulong Features { get; }
+
+    public UblkControl()
+    {
+        _fd = Libc.Open(ControlPath, Libc.O_RDWR | Libc.O_CLOEXEC, 0);
+        if (_fd < 0)
+        {
+            int err = Errno.Last;
+            throw err switch
+            {
+                Errno.ENOENT => new UblkException(ControlPath + " not found: load ublk_drv (modprobe ublk_drv)", err),
+                Errno.EACCES or Errno.EPERM => new UblkException(
+                    "permission denied opening " + ControlPath + ": run as root (or give this user access with UBLK_F_UNPRIVILEGED_DEV udev rules)", err),
+                _ => new UblkException("cannot open " + ControlPath + ": " + Errno.Name(err), err),
+            };
+        }
+        try
+        {
+            _ring = new IoUring(16, new IoUringOptions { Sqe128 = true, FallbackOnEinval = true });
+        }
+        catch
+        {
+            Libc.Close(_fd);
+            throw;
+        }
+        _useIoctlEncoding = true;
+        ublksrv_ctrl_cmd cmd = NewCmd(AutoId);
+        ulong features = 0;
+        cmd.addr = (ulong)&features;
+        cmd.len = UBLK_FEATURES_LEN;
+        int rc = Send(UBLK_U_CMD_GET_FEATURES, 0, ref cmd);
+        if (rc >= 0) Features = features;
+        // GET_FEATURES exists only in ioctl encoding (6.5+); a kernel without it may also lack encoded commands.
+        _useIoctlEncoding = rc >= 0 && (features & UBLK_F_CMD_IOCTL_ENCODE) != 0;
+    }
+
+    private static ublksrv_ctrl_cmd NewCmd(uint devId)
+    {
+        ublksrv_ctrl_cmd c = default;
+        c.dev_id = devId;
+        c.queue_id = ushort.MaxValue; // "not for a queue"
+        return c;
+    }
+
+    /// <summary>Sends one control command, preferring the ioctl encoding; returns the CQE result (or -errno).</summary>
+    private int Send(uint encodedOp, uint legacyOp, ref ublksrv_ctrl_cmd cmd)
+    {
+        uint op = _useIoctlEncoding || legacyOp == 0 ? encodedOp : legacyOp;
+        lock (_lock)
+        {
+            ref io_uring_sqe sqe = ref _ring.GetSqe();
+            if (Unsafe.IsNullRef(ref sqe)) return -Errno.EBUSY;
+            IoUring.PrepUringCmd(ref sqe, _fd, op);
+            sqe.user_data = op;
+            MemoryMarshal.Write(_ring.CmdPayload(ref sqe), in cmd);
+            int rc = _ring.WaitCqe(out io_uring_cqe cqe);
+            return rc < 0 ? rc : cqe.res;
+        }
+    }
+
+    private static string DevName(uint id) => id == AutoId ? "ublk (new device)" : "ublk device " + id;
+
+    private int SendChecked(uint encodedOp, uint legacyOp, ref ublksrv_ctrl_cmd cmd, string what)
+    {
+        int rc = Send(encodedOp, legacyOp, ref cmd);
+        if (rc < 0)
+            throw new UblkException(what + " on " + DevName(cmd.dev_id) + " failed: " + Errno.Name(rc) + " (" + Marshal.GetPInvokeErrorMessage(-rc) + ")", rc);
+        return rc;
+    }
+
+    /// <summary>UBLK_U_CMD_ADD_DEV. <paramref name="info"/>.dev_id = uint.MaxValue asks the kernel to pick the id.</summary>
+    public ublksrv_ctrl_dev_info AddDev(ublksrv_ctrl_dev_info info)
+    {
+        // Kernel 6.17+ checks that the id in the command equals the id in dev_info: set both.
+        ublksrv_ctrl_cmd cmd = NewCmd(info.dev_id);
+        cmd.addr = (ulong)&info;
+        cmd.len = (ushort)sizeof(ublksrv_ctrl_dev_info);
+        int rc = Send(UBLK_U_CMD_ADD_DEV, UBLK_CMD_ADD_DEV, ref cmd);
+        if (rc < 0)
+        {
+            string why = -rc switch
+            {
+                Errno.EEXIST => "device id " + info.dev_id + " is in use",
+                Errno.EACCES => "the kernel refused a new device (ublks_max reached? see /sys/module/ublk_drv/parameters/ublks_max)",
+                Errno.EPERM => "permission denied (run as root)",
+                Errno.EINVAL => "invalid parameters (queues " + info.nr_hw_queues + ", depth " + info.queue_depth + ", max io " + info.max_io_buf_bytes + ", flags 0x" + info.flags.ToString("x") + ")",
+                _ => Errno.Name(rc),
+            };
+            throw new UblkException("ADD_DEV failed: " + why, rc);
+        }
+        return info;
+    }
+
+    public void SetParams(uint devId, ublk_params p)
+    {
+        p.len = (uint)sizeof(ublk_params);
+        ublksrv_ctrl_cmd cmd = NewCmd(devId);
+        cmd.addr = (ulong)&p;
+        cmd.len = (ushort)sizeof(ublk_params);
+        SendChecked(UBLK_U_CMD_SET_PARAMS, UBLK_CMD_SET_PARAMS, ref cmd, "SET_PARAMS");
+    }
+
+    public ublk_params GetParams(uint devId)
+    {
+        ublk_params p = default;
+        p.len = (uint)sizeof(ublk_params);
+        ublksrv_ctrl_cmd cmd = NewCmd(devId);
+        cmd.addr = (ulong)&p;
+        cmd.len = (ushort)sizeof(ublk_params);
+        SendChecked(UBLK_U_CMD_GET_PARAMS, UBLK_CMD_GET_PARAMS, ref cmd, "GET_PARAMS");
+        return p;
+    }
+
+    public ublksrv_ctrl_dev_info GetDevInfo(uint devId)
+    {
+        ublksrv_ctrl_dev_info info = default;
+        ublksrv_ctrl_cmd cmd = NewCmd(devId);
+        cmd.addr = (ulong)&info;
+        cmd.len = (ushort)sizeof(ublksrv_ctrl_dev_info);
+        SendChecked(UBLK_U_CMD_GET_DEV_INFO, UBLK_CMD_GET_DEV_INFO, ref cmd, "GET_DEV_INFO");
+        return info;
+    }
+
+    /// <summary>Returns 0 or -errno (no throw): ENODEV/ENOENT mean the device does not exist.</summary>
+    public int TryGetDevInfo(uint devId, out ublksrv_ctrl_dev_info info)
+    {
+        ublksrv_ctrl_dev_info i = default;
+        ublksrv_ctrl_cmd cmd = NewCmd(devId);
+        cmd.addr = (ulong)&i;
+        cmd.len = (ushort)sizeof(ublksrv_ctrl_dev_info);
+        int rc = Send(UBLK_U_CMD_GET_DEV_INFO, UBLK_CMD_GET_DEV_INFO, ref cmd);
+        info = i;
+        return rc < 0 ? rc : 0;
+    }
+
+    /// <summary>START_DEV: blocks in the kernel until every queue has submitted its FETCH_REQs.</summary>
+    public void StartDev(uint devId, int serverPid)
+    {
+        ublksrv_ctrl_cmd cmd = NewCmd(devId);
+        cmd.data0 = (ulong)serverPid;
+        SendChecked(UBLK_U_CMD_START_DEV, UBLK_CMD_START_DEV, ref cmd, "START_DEV");
+    }
+
+    public int StopDev(uint devId)
+    {
+        ublksrv_ctrl_cmd cmd = NewCmd(devId);
+        return Send(UBLK_U_CMD_STOP_DEV, UBLK_CMD_STOP_DEV, ref cmd);
+    }
+
+    /// <summary>DEL_DEV waits until every opener of /dev/ublkbN is gone; DEL_DEV_ASYNC (6.8+) returns at once.</summary>
+    public int DelDev(uint devId, bool async)
+    {
+        ublksrv_ctrl_cmd cmd = NewCmd(devId);
+        if (async)
+        {
+            int rc = Send(UBLK_U_CMD_DEL_DEV_ASYNC, 0, ref cmd);
+            if (rc != -Errno.EOPNOTSUPP && rc != -Errno.EINVAL) return rc;
+        }
+        return Send(UBLK_U_CMD_DEL_DEV, UBLK_CMD_DEL_DEV, ref cmd);
+    }
+
+    /// <summary>Ids of the ublk devices the kernel has (from /sys/class/ublk-char), ascending.</summary>
+    public static uint[] ListDeviceIds()
+    {
+        const string dir = "/sys/class/ublk-char";
+        if (!Directory.Exists(dir)) return [];
+        string[] names = Directory.GetFileSystemEntries(dir, "ublkc*");
+        uint[] ids = new uint[names.Length];
+        int n = 0;
+        foreach (string path in names)
+        {
+            if (uint.TryParse(Path.GetFileName(path).AsSpan(5), out uint id)) ids[n++] = id;
+        }
+        Array.Resize(ref ids, n);
+        Array.Sort(ids);
+        return ids;
+    }
+
+    public void Dispose()
+    {
+        _ring.Dispose();
+        Libc.Close(_fd);
+    }
+}
