@@ -41,6 +41,12 @@
 #   VM_MODPROBE          modules to load before the command, e.g.
 #                        "ublk_drv ublks_max=128 null_blk nr_devices=2"
 #                        (a word with '=' is a parameter of the module before)
+#   VM_NOAUTOLOAD        modules udev must not load on its own at boot
+#                        (passed as modprobe.blacklist=); default: the drivers
+#                        for QEMU q35's AHCI/CD-ROM/watchdog/SMBus/input
+#                        devices, kvm and crypto helpers, which cost ~30 s of
+#                        boot under TCG.  Still loadable by name.  '' = none
+#   VM_TIMING=1          log boot and command durations on stderr
 #   VM_VERBOSE=1         show the kernel and init console on stderr
 #   VM_VNG_ARGS          extra vng options (split on blanks)
 #   UBLK_AOT_CACHE (/opt/ublk-aot)
@@ -77,6 +83,10 @@ VM_MEM=${VM_MEM:-4G}
 VM_TCG_THREAD=${VM_TCG_THREAD:-single}
 VM_CPU_MODEL=${VM_CPU_MODEL:-max}
 VM_TIMEOUT=${VM_TIMEOUT:-2400}
+VM_NOAUTOLOAD=${VM_NOAUTOLOAD-ahci libahci libata sr_mod cdrom sg scsi_mod button evdev psmouse
+  serio_raw pcspkr joydev i2c_i801 i2c_smbus lpc_ich iTCO_wdt iTCO_vendor_support intel_pmc_bxt
+  i6300esb qemu_fw_cfg kvm kvm_amd kvm_intel irqbypass ccp aesni_intel crypto_simd cryptd gf128mul
+  ghash_clmulni_intel crc32_pclmul crct10dif_pclmul sha1_ssse3 sha256_ssse3 sha512_ssse3 bochs drm}
 [[ $VM_TCG_THREAD == single || $VM_TCG_THREAD == multi ]] || die "VM_TCG_THREAD must be single or multi"
 [[ $VM_TIMEOUT =~ ^[0-9]+$ ]] || die "VM_TIMEOUT must be a number of seconds"
 
@@ -137,25 +147,31 @@ done
     if [[ -n ${!v+x} ]]; then printf 'export %s=%q\n' "$v" "${!v}"; fi
   done
   printf 'rc_file=%q/rc\n' "$st"
-  # virtme-init mounts its copy-on-write overlays in the background; one that
-  # lands after a share below it (e.g. a share under /tmp) hides the share.
-  # Check in /proc/mounts that the last mount covering each share is the
-  # share itself (statfs cannot tell: 9p reports the host's fs type), else
-  # mount the share again on top.
-  printf 'for d in'; printf ' %q' "${rwdirs[@]}"; echo '; do'
+  # The shared folders.  virtme-init mounts its copy-on-write overlays (/tmp,
+  # /home, /opt, ...) in the background, so one that lands late would hide a
+  # share below it (a checkout under /tmp, say).  So vng mounts each share at
+  # $st/share<N>, and the guest binds it onto its real path once every overlay
+  # is in place.  (A 9p tag cannot be mounted twice, hence no remount later.)
   cat <<'EOF'
-  read -r top tag < <(awk -v d="$d" '
-    $3 == "9p" && $2 == d { tag = $1 }
-    $2 == d || $2 == "/" || index(d, $2 "/") == 1 { top = $2 " " $3 }
-    END { print (top == d " 9p" ? "ok" : "hidden"), tag }' /proc/mounts)
-  [[ $top == ok ]] && continue
-  if [[ -n $tag ]] && mount -t 9p -o version=9p2000.L,trans=virtio,access=any "$tag" "$d"; then
-    echo "vm-run: guest: share $d was hidden by an overlay; mounted it again" >&2
-  else
-    echo "vm-run: guest: warning: $d is not the host folder" >&2
-  fi
+want=()   # overlay mount points, symlinks resolved (/lib -> usr/lib)
+for kv in $(</proc/cmdline); do
+  [[ $kv == virtme_rw_overlay*=* ]] && want+=("$(readlink -f "${kv#*=}")")
+done
+SECONDS=0
+while :; do
+  mounts=$(</proc/mounts) pending=
+  for d in "${want[@]}"; do
+    [[ $mounts == *" $d overlay "* ]] || { pending=$d; break; }
+  done
+  [[ -n $pending ]] || break
+  if ((SECONDS >= 20)); then echo "vm-run: guest: overlay $pending still missing" >&2; break; fi
+  sleep 0.1
 done
 EOF
+  for i in "${!rwdirs[@]}"; do
+    printf 'mkdir -p %q && mount --bind %q %q || { echo %q >&2; echo 125 > "$rc_file"; exit 125; }\n' \
+      "${rwdirs[i]}" "$st/share$i" "${rwdirs[i]}" "vm-run: guest: cannot bind the share ${rwdirs[i]}"
+  done
   printf 'cd %q || { echo 126 > "$rc_file"; exit 126; }\n' "$PWD"
   for l in "${modprobe_lines[@]}"; do
     printf '%s || { rc=$?; echo %q >&2; echo $rc > "$rc_file"; exit $rc; }\n' "$l" "vm-run: guest: $l failed"
@@ -168,9 +184,15 @@ EOF
 
 vng_args=(--run "$k" --disable-kvm --force-9p --cpus "$VM_CPUS" --memory "$VM_MEM"
           --overlay-rwdir=/root --rwdir="$st=$st")
-# GUEST=HOST form: virtme-ng 1.35 mis-checks a bare absolute path.
-for d in "${rwdirs[@]}"; do vng_args+=(--rwdir="$d=$d"); done
-[[ ${VM_VERBOSE:-0} == 1 ]] && vng_args+=(--verbose)
+# GUEST=HOST form: virtme-ng 1.35 mis-checks a bare absolute path, and wants
+# the guest path to exist on the host too.
+for i in "${!rwdirs[@]}"; do
+  mkdir "$st/share$i"
+  vng_args+=(--rwdir="$st/share$i=${rwdirs[i]}")
+done
+noautoload=$(echo "$VM_NOAUTOLOAD" | xargs | tr ' ' ',')
+[[ -z $noautoload ]] || vng_args+=(--append "modprobe.blacklist=$noautoload")
+if [[ ${VM_VERBOSE:-0} == 1 ]]; then vng_args+=(--verbose); fi
 # shellcheck disable=SC2206  # word splitting wanted
 vng_args+=(${VM_VNG_ARGS:-})
 vng_args+=(--qemu-opts="-cpu $VM_CPU_MODEL -accel tcg,thread=$VM_TCG_THREAD"
@@ -193,11 +215,16 @@ for attempt in 1 2; do
   left=$((deadline - SECONDS))
   ((left > 0)) || left=1
   t_boot=$SECONDS
+  launched=$(date +%s)
   set +e
   boot "$left" &
   wait $!
   status=$?
   set -e
+  if [[ ${VM_TIMING:-0} == 1 && -e $st/started ]]; then
+    up=$(($(stat -c %Y "$st/started") - launched))
+    log "timing: boot to command ${up} s, whole run $((SECONDS - t_boot)) s (attempt $attempt)"
+  fi
   [[ -s $st/rc ]] && exit "$(<"$st/rc")"
   timed_out=0
   ((SECONDS - t_boot < left)) || timed_out=1

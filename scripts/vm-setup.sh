@@ -151,4 +151,4 @@ fi
 
 kname=$(basename "$(readlink -f "$klink")")
 ms=$((($(date +%s%N) - t0) / 1000000))
-log "ready in ${ms} ms: $klink -> $kname; $(vng --version 2>/dev/null | head -n1)"
+log "ready in ${ms} ms: $klink -> $kname, virtme-ng $(dpkg-query -W -f='${Version}' virtme-ng)"

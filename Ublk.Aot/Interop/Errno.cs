@@ -32,6 +32,7 @@ public static class Errno
 
     public static string Name(int errno)
     {
+        if (errno == int.MinValue) return "errno " + errno.ToString(System.Globalization.CultureInfo.InvariantCulture);
         errno = Math.Abs(errno);
         return errno switch
         {

@@ -1,0 +1,111 @@
+using System;
+using System.Diagnostics;
+using System.IO;
+using System.Text;
+using System.Threading;
+using Xunit;
+
+namespace Ublk.Aot.Tests.Integration;
+
+/// <summary>
+/// `ublk-aot serve …` as a user runs it: started as a child process, live once it prints /dev/ublkbN,
+/// stopped with a signal. Dispose makes sure neither the process nor its device outlives the test.
+/// </summary>
+public sealed class ServerProcess : IDisposable
+{
+    private readonly Process _p;
+    private readonly StringBuilder _err = new();
+    private readonly StringBuilder _out = new();
+    private readonly ManualResetEventSlim _firstLine = new(false);
+    private string? _device;
+
+    public string Args { get; }
+    public string DevicePath => _device ?? throw new InvalidOperationException("server not live");
+    public int Id => int.Parse(DevicePath.AsSpan("/dev/ublkb".Length));
+    public int Pid => _p.Id;
+    public string Stderr { get { lock (_err) return _err.ToString(); } }
+    public string Stdout { get { lock (_out) return _out.ToString(); } }
+    public int? ExitCode => _p.HasExited ? _p.ExitCode : null;
+
+    private ServerProcess(string args)
+    {
+        Args = args;
+        var psi = new ProcessStartInfo(IntegrationEnv.Binary, args)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        };
+        _p = Process.Start(psi)!;
+        _p.OutputDataReceived += (_, a) =>
+        {
+            if (a.Data == null) { _firstLine.Set(); return; }
+            lock (_out) _out.AppendLine(a.Data);
+            if (_device == null && a.Data.StartsWith("/dev/ublkb", StringComparison.Ordinal)) _device = a.Data.Trim();
+            _firstLine.Set();
+        };
+        _p.ErrorDataReceived += (_, a) => { if (a.Data != null) lock (_err) _err.AppendLine(a.Data); };
+        _p.BeginOutputReadLine();
+        _p.BeginErrorReadLine();
+        _p.StandardInput.Close();
+    }
+
+    /// <summary>Starts `serve ARGS` and waits until the device is live (fails the test otherwise).</summary>
+    public static ServerProcess Start(string args, int timeoutMs = 60_000)
+    {
+        IntegrationEnv.Require();
+        var s = new ServerProcess("serve " + args);
+        if (!s._firstLine.Wait(timeoutMs) || s._device == null)
+        {
+            string err = s.Stderr;
+            s.Dispose();
+            Assert.Fail("serve " + args + " did not come up within " + timeoutMs + " ms (exit " + s.ExitCode + ")\nstdout: " + s.Stdout + "\nstderr: " + err);
+        }
+        // The node appears a moment after the path is printed on slow guests.
+        for (int i = 0; i < 200 && !File.Exists(s._device); i++) Thread.Sleep(25);
+        Assert.True(File.Exists(s._device), s._device + " does not exist although serve printed it");
+        return s;
+    }
+
+    public void Signal(int sig) => global::Ublk.Aot.Interop.Libc.Kill(_p.Id, sig);
+
+    /// <summary>Sends SIGTERM (or <paramref name="sig"/>) and waits for exit; returns the exit code.</summary>
+    public int Stop(int sig = 15, int timeoutMs = 60_000)
+    {
+        if (!_p.HasExited) Signal(sig);
+        if (!_p.WaitForExit(timeoutMs))
+        {
+            string stacks = IntegrationEnv.Sh("cat /proc/" + _p.Id + "/task/*/stack 2>/dev/null | head -80; dmesg | tail -30", 10_000, check: false).Out;
+            Assert.Fail("serve " + Args + " did not exit within " + timeoutMs + " ms of signal " + sig + "\nkernel stacks/log:\n" + stacks + "\nstderr: " + Stderr);
+        }
+        _p.WaitForExit();
+        return _p.ExitCode;
+    }
+
+    /// <summary>Value of one counter from the `stats queue=…` lines (summed over queues), after exit with --stats.</summary>
+    public long StatSum(string key)
+    {
+        long sum = 0;
+        foreach (string line in Stderr.Split('\n'))
+        {
+            if (!line.StartsWith("stats queue=", StringComparison.Ordinal)) continue;
+            foreach (string kv in line.Split(' '))
+                if (kv.StartsWith(key + "=", StringComparison.Ordinal)) sum += long.Parse(kv.AsSpan(key.Length + 1));
+        }
+        return sum;
+    }
+
+    public void Dispose()
+    {
+        if (!_p.HasExited)
+        {
+            Signal(15);
+            if (!_p.WaitForExit(30_000)) { try { _p.Kill(true); } catch (InvalidOperationException) { } _p.WaitForExit(10_000); }
+        }
+        if (_device != null && Directory.Exists("/sys/class/ublk-char/ublkc" + Id))
+            IntegrationEnv.UblkAot("del " + Id, 30_000);
+        _p.Dispose();
+        _firstLine.Dispose();
+    }
+}

@@ -1,0 +1,365 @@
+#!/usr/bin/env bash
+# matrix.sh - the benchmark matrix itself: runs as root on a machine whose
+# kernel has ublk_drv, null_blk and loop (the throw-away VM that
+# scripts/bench.sh boots, or a real host: see docs/benchmarks.md).
+#
+#   matrix.sh OUTDIR
+#
+# For each round, for each target: start the device, run the fio workloads,
+# stop it.  Rounds are the outer loop so that the 3 samples of one figure are
+# spread over the whole run (a burst of load on the host hits one sample of
+# every target, not all samples of one target); report.py takes the median.
+# The ublk servers (ublk-aot, kublk) get a fresh device for every fio run, so
+# each ublk-aot run has its own `--stats` (loops per I/O, GC counts).
+#
+# Writes into OUTDIR (read by report.py):
+#   meta.env                       kernel, CPUs, tool versions, parameters
+#   runs/T.W.rN.json               fio JSON of target T, workload W, round N
+#   runs/T.W.rN.err                server stderr (ublk-aot: --stats lines)
+#   extra/...                      syscalls per I/O (perf/strace) and the 10 s GC run
+#   matrix.log                     what happened, with timestamps
+#
+# Env (defaults):
+#   BENCH_AOT (OUTDIR/ublk-aot)    the ublk-aot binary
+#   BENCH_KUBLK (OUTDIR/kublk)     the kernel selftest server
+#   BENCH_ROUNDS (3)  BENCH_RUNTIME (4)  BENCH_RAMP (1)   seconds per fio run: RAMP + RUNTIME
+#   BENCH_TARGETS     subset of: aot-null aot-mem aot-file nullblk loop kublk-null kublk-loop
+#   BENCH_WORKLOADS   subset of the names in WORKLOADS below
+#   BENCH_EXTRAS (1)  0 skips the syscall and GC measurements
+#   BENCH_FILE_SIZE (1G)           backing file, on a tmpfs mounted for the run
+#
+# Every fio run has --runtime plus an outer `timeout`; every device this
+# script made is removed on exit, whatever the exit path.
+set -uo pipefail
+
+OUT=$(realpath -e "${1:?usage: matrix.sh OUTDIR}") || exit 2
+AOT=${BENCH_AOT:-$OUT/ublk-aot}
+KUBLK=${BENCH_KUBLK:-$OUT/kublk}
+ROUNDS=${BENCH_ROUNDS:-3}
+RUNTIME=${BENCH_RUNTIME:-4}
+RAMP=${BENCH_RAMP:-1}
+EXTRAS=${BENCH_EXTRAS:-1}
+FILE_SIZE=${BENCH_FILE_SIZE:-1G}
+DEPTH=128                      # ublk queue depth of both servers
+SIZE=1G                        # ublk-aot null/mem size, null_blk size
+
+ALL_TARGETS="aot-null aot-mem aot-file nullblk loop kublk-null kublk-loop"
+TARGETS=${BENCH_TARGETS:-$ALL_TARGETS}
+
+# name         rw        bs    iodepth/job  jobs  ublk queues
+WORKLOADS="
+rr4k-qd1       randread  4k    1            1     1
+rr4k-qd64      randread  4k    64           1     1
+rw4k-qd1       randwrite 4k    1            1     1
+rw4k-qd64      randwrite 4k    64           1     1
+rr4k-qd128-2q  randread  4k    64           2     2
+sr128k-qd16    read      128k  16           1     1
+sw128k-qd16    write     128k  16           1     1
+"
+WANT_WORKLOADS=${BENCH_WORKLOADS:-$(awk 'NF { printf "%s ", $1 }' <<<"$WORKLOADS")}
+
+WORK=/run/ublk-bench           # guest-local scratch (tmpfs in the VM)
+TMPFS=$WORK/tmpfs
+BACKING=$TMPFS/backing.img
+
+mkdir -p "$OUT/runs" "$OUT/extra" "$WORK"
+exec 3>>"$OUT/matrix.log"
+log() { local m; m="[$(date +%T)] $*"; echo "$m" >&3; echo "bench: $m" >&2; }
+
+# ------------------------------------------------------------- cleanup
+DEV=""              # block device of the current run
+SRV_PID=""          # ublk-aot server of the current run
+AOT_DEV_ID=""       # its device id
+KUBLK_ID=""         # current kublk device id
+LOOP_DEV=""         # current loop device
+NULLBLK_LOADED=0
+TMPFS_MOUNTED=0
+
+cleanup() {
+  set +e
+  [[ -n $SRV_PID ]] && stop_aot
+  [[ -n $KUBLK_ID ]] && stop_kublk
+  [[ -n $LOOP_DEV ]] && { losetup -d "$LOOP_DEV"; LOOP_DEV=""; }
+  ((NULLBLK_LOADED)) && { modprobe -r null_blk; NULLBLK_LOADED=0; }
+  ((TMPFS_MOUNTED)) && { umount "$TMPFS"; TMPFS_MOUNTED=0; }
+}
+trap 'cleanup' EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# ---------------------------------------------------------------- fio
+# run_fio OUT.json DEV RW BS QD JOBS RUNTIME RAMP: one fio run with a hard
+# limit; 0 if fio produced its JSON.  FIO_WRAP (array) may name a command
+# that runs fio, e.g. perf stat ... --.
+FIO_WRAP=()
+run_fio() {
+  local json=$1 dev=$2 rw=$3 bs=$4 qd=$5 jobs=$6 rt=$7 ramp=$8
+  local args=(--name=bench --filename="$dev" --ioengine=io_uring --direct=1
+              --rw="$rw" --bs="$bs" --iodepth="$qd" --numjobs="$jobs"
+              --time_based --runtime="$rt" --ramp_time="$ramp"
+              --norandommap --randrepeat=0 --group_reporting
+              --output-format=json --output="$json")
+  # Two jobs: one per CPU, so each drives its own blk-mq hardware queue.
+  ((jobs > 1)) && args+=(--cpus_allowed="0-$((jobs - 1))" --cpus_allowed_policy=split)
+  rm -f "$json"
+  timeout -k 10 $((rt + ramp + 60)) "${FIO_WRAP[@]}" fio "${args[@]}" 2>"${json%.json}.fio.err"
+  local rc=$?
+  if ((rc != 0)) || ! grep -q '"jobs"' "$json" 2>/dev/null; then
+    log "fio failed (status $rc) on $dev: $(tr '\n' ' ' < "${json%.json}.fio.err" | cut -c1-300)"
+    return 1
+  fi
+}
+
+# ------------------------------------------------------ ublk-aot server
+# start_aot BACKEND QUEUES ERRFILE: start a server with --stats; sets DEV,
+# SRV_PID and AOT_DEV_ID.  (No command substitution around the start_* and
+# dev_up functions: they set globals and own background processes.)
+start_aot() {
+  local spec=$1 queues=$2 err=$3 dev="" i
+  local outf=$WORK/aot.out
+  : > "$outf"
+  "$AOT" serve --backend "$spec" --queues "$queues" --depth "$DEPTH" --stats >"$outf" 2>"$err" &
+  SRV_PID=$!
+  for ((i = 0; i < 300; i++)); do      # 30 s to come up
+    read -r dev < "$outf" 2>/dev/null
+    [[ $dev == /dev/ublkb* && -b $dev ]] && break
+    kill -0 "$SRV_PID" 2>/dev/null || break
+    dev=""; sleep 0.1
+  done
+  if [[ -z $dev ]]; then
+    log "ublk-aot serve --backend $spec did not come up: $(tr '\n' ' ' < "$err" | cut -c1-300)"
+    stop_aot
+    return 1
+  fi
+  AOT_DEV_ID=${dev#/dev/ublkb}
+  DEV=$dev
+}
+
+# stop_aot: SIGTERM, wait (20 s) for the --stats lines and exit; then make
+# sure the device is gone.
+stop_aot() {
+  local i
+  if [[ -n $SRV_PID ]]; then
+    kill -TERM "$SRV_PID" 2>/dev/null
+    for ((i = 0; i < 200; i++)); do kill -0 "$SRV_PID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$SRV_PID" 2>/dev/null; then
+      log "ublk-aot (pid $SRV_PID) ignored SIGTERM for 20 s; killing it"
+      kill -KILL "$SRV_PID" 2>/dev/null
+    fi
+    wait "$SRV_PID" 2>/dev/null
+    SRV_PID=""
+  fi
+  if [[ -n $AOT_DEV_ID && -e /sys/class/ublk-char/ublkc$AOT_DEV_ID ]]; then
+    log "ublk device $AOT_DEV_ID still present after the server exited; deleting it"
+    timeout 30 "$AOT" del "$AOT_DEV_ID" >&3 2>&1
+  fi
+  AOT_DEV_ID=""
+}
+
+# --------------------------------------------------------- kublk server
+# start_kublk TYPE QUEUES LOGFILE [BACKFILE]: sets DEV, KUBLK_ID, KUBLK_PID.
+start_kublk() {
+  local type=$1 queues=$2 logf=$3; shift 3
+  if ! timeout 30 "$KUBLK" add -t "$type" -q "$queues" -d "$DEPTH" "$@" >"$logf" 2>&1 </dev/null; then
+    log "kublk add -t $type failed: $(tr '\n' ' ' < "$logf" | cut -c1-300)"
+    # It may have allocated a device before failing.
+    KUBLK_ID=$(awk '/^dev id/ { sub(":", "", $3); print $3; exit }' "$logf")
+    [[ -n $KUBLK_ID ]] && stop_kublk
+    return 1
+  fi
+  KUBLK_ID=$(awk '/^dev id/ { sub(":", "", $3); print $3; exit }' "$logf")
+  KUBLK_PID=$(awk '/daemon pid/ { for (i = 1; i < NF; i++) if ($i == "pid") print $(i + 1); exit }' "$logf")
+  local i
+  for ((i = 0; i < 100; i++)); do [[ -b /dev/ublkb$KUBLK_ID ]] && break; sleep 0.1; done
+  if [[ -z $KUBLK_ID || ! -b /dev/ublkb$KUBLK_ID ]]; then
+    log "kublk add -t $type: no block device: $(tr '\n' ' ' < "$logf" | cut -c1-300)"
+    [[ -n $KUBLK_ID ]] && stop_kublk
+    return 1
+  fi
+  DEV=/dev/ublkb$KUBLK_ID
+}
+
+stop_kublk() {
+  if ! timeout 60 "$KUBLK" del -n "$KUBLK_ID" >&3 2>&1; then
+    log "kublk del -n $KUBLK_ID failed or timed out"
+    [[ -n ${KUBLK_PID:-} ]] && kill -KILL "$KUBLK_PID" 2>/dev/null
+    timeout 30 "$AOT" del "$KUBLK_ID" >&3 2>&1
+  fi
+  KUBLK_ID=""; KUBLK_PID=""
+}
+
+# ----------------------------------------------------- kernel devices
+# null_blk: one multi-queue device, completions inline (irqmode=0), 2 hw
+# queues (one per CPU), depth 128: the floor of what a block device costs.
+NULLBLK_PARAMS="nr_devices=1 queue_mode=2 irqmode=0 submit_queues=2 hw_queue_depth=128 gb=1 bs=512 memory_backed=0"
+
+setup_backing_file() {
+  mkdir -p "$TMPFS"
+  if ! mountpoint -q "$TMPFS"; then
+    mount -t tmpfs -o size=$(( $(numfmt --from=iec "$FILE_SIZE") / 1048576 + 64 ))M ublk-bench "$TMPFS" || return 1
+    TMPFS_MOUNTED=1
+  fi
+  # Written, not fallocated: reads of fallocated tmpfs pages return zeroes
+  # without copying, which would flatter the file targets.
+  local t0=$SECONDS
+  dd if=/dev/zero of="$BACKING" bs=4M count=$(( $(numfmt --from=iec "$FILE_SIZE") / 4194304 )) \
+     status=none conv=fsync || return 1
+  log "backing file $BACKING ($FILE_SIZE, tmpfs) written in $((SECONDS - t0)) s"
+}
+
+# --------------------------------------------------------- one target
+# dev_up TARGET QUEUES ERRFILE: make the device of TARGET; sets DEV.
+dev_up() {
+  local t=$1 q=$2 err=$3
+  case $t in
+    aot-null) start_aot "null:$SIZE" "$q" "$err" ;;
+    aot-mem)  start_aot "mem:$SIZE" "$q" "$err" ;;
+    aot-file) start_aot "file:$BACKING" "$q" "$err" ;;
+    kublk-null) start_kublk null "$q" "$err" ;;
+    kublk-loop) start_kublk loop "$q" "$err" "$BACKING" ;;
+    nullblk) DEV=/dev/nullb0 ;;
+    loop) DEV=$LOOP_DEV ;;
+  esac
+}
+
+dev_down() {
+  case $1 in
+    aot-*) stop_aot ;;
+    kublk-*) stop_kublk ;;
+  esac
+}
+
+# Kernel devices live for a whole round of their target.
+target_begin() {
+  case $1 in
+    nullblk)
+      modprobe null_blk $NULLBLK_PARAMS || { log "modprobe null_blk failed"; return 1; }
+      NULLBLK_LOADED=1
+      local i; for ((i = 0; i < 50; i++)); do [[ -b /dev/nullb0 ]] && break; sleep 0.1; done
+      [[ -b /dev/nullb0 ]] || { log "no /dev/nullb0"; return 1; } ;;
+    loop)
+      modprobe loop 2>/dev/null
+      LOOP_DEV=$(losetup --direct-io=on -f --show "$BACKING") || { log "losetup failed"; LOOP_DEV=""; return 1; }
+      local dio; dio=$(cat "/sys/block/${LOOP_DEV#/dev/}/loop/dio" 2>/dev/null)
+      [[ $dio == 1 ]] || log "warning: $LOOP_DEV has dio=$dio (direct I/O not in effect)"
+      echo "loop_dio=$dio" >> "$OUT/meta.env" ;;
+  esac
+  return 0
+}
+
+target_end() {
+  case $1 in
+    nullblk) modprobe -r null_blk || log "rmmod null_blk failed"; NULLBLK_LOADED=0 ;;
+    loop) losetup -d "$LOOP_DEV" || log "losetup -d $LOOP_DEV failed"; LOOP_DEV="" ;;
+  esac
+}
+
+# run_target TARGET ROUND: the workload matrix on TARGET.
+run_target() {
+  local t=$1 r=$2 name rw bs qd jobs queues base
+  target_begin "$t" || return 1
+  while read -r name rw bs qd jobs queues; do
+    [[ -n $name && " $WANT_WORKLOADS " == *" $name "* ]] || continue
+    base=$OUT/runs/$t.$name.r$r
+    dev_up "$t" "$queues" "$base.err" || continue
+    run_fio "$base.json" "$DEV" "$rw" "$bs" "$qd" "$jobs" "$RUNTIME" "$RAMP"
+    dev_down "$t"
+    log "$t $name round $r: $(iops_of "$base.json")"
+  done <<<"$WORKLOADS"
+  target_end "$t"
+}
+
+# iops_of JSON: a one-line summary for the log.
+iops_of() {
+  [[ -s $1 ]] || { echo "no result"; return; }
+  awk -F'[:,]' '/"iops"/ { gsub(/ /, "", $2); s += $2 } END { printf "%.0f IOPS\n", s }' "$1"
+}
+
+# ------------------------------------------------------------- extras
+# The server's syscalls during one fio run: perf stat on the syscall
+# tracepoints, per thread, for exactly the fio run (perf stat -p PID -- fio);
+# strace -c -f when perf cannot (strace slows the server much more).
+count_syscalls() {   # count_syscalls PID OUTPREFIX DEV RW BS QD JOBS RUNTIME RAMP
+  local pid=$1 pre=$2; shift 2
+  local tool=none spid rc
+  mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+  if command -v perf >/dev/null &&
+     timeout 20 perf stat -e 'syscalls:sys_enter_io_uring_enter' -p "$pid" -- sleep 0.1 >/dev/null 2>&1; then
+    tool=perf
+    FIO_WRAP=(perf stat --per-thread -x, -o "$pre.perf"
+              -e 'raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter' -p "$pid" --)
+    run_fio "$pre.json" "$@"; rc=$?
+    FIO_WRAP=()
+  elif command -v strace >/dev/null; then
+    tool=strace
+    strace -c -f -p "$pid" -o "$pre.strace" 2>/dev/null &
+    spid=$!
+    sleep 1                                  # let strace attach
+    run_fio "$pre.json" "$@"; rc=$?
+    kill -INT "$spid" 2>/dev/null
+    local i; for ((i = 0; i < 100; i++)); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+  else
+    run_fio "$pre.json" "$@"; rc=$?
+  fi
+  echo "$tool" > "$pre.tool"
+  return $rc
+}
+
+run_extras() {
+  local t qd pre pid
+  # Syscalls per I/O: ublk-aot vs kublk, null and file/loop, QD1 and QD64.
+  for t in aot-null kublk-null aot-file kublk-loop; do
+    [[ " $TARGETS " == *" $t "* ]] || continue
+    for qd in 1 64; do
+      pre=$OUT/extra/sys.$t.qd$qd
+      dev_up "$t" 1 "$pre.err" || continue
+      if [[ $t == aot-* ]]; then pid=$SRV_PID; else pid=$KUBLK_PID; fi
+      count_syscalls "$pid" "$pre" "$DEV" randread 4k "$qd" 1 5 0
+      dev_down "$t"
+      log "syscalls $t QD$qd: $(cat "$pre.tool") $(iops_of "$pre.json")"
+    done
+  done
+  # GC: one 10 s mixed run on ublk-aot mem; --stats must show 0 collections.
+  if [[ " $TARGETS " == *" aot-mem "* ]]; then
+    pre=$OUT/extra/gc.aot-mem
+    if dev_up aot-mem 1 "$pre.err"; then
+      run_fio "$pre.json" "$DEV" randrw 4k 64 1 10 0
+      dev_down aot-mem
+      log "gc run: $(grep -h 'stats process' "$pre.err")"
+    fi
+  fi
+}
+
+# --------------------------------------------------------------- main
+{
+  echo "kernel=$(uname -r)"
+  echo "cpus=$(nproc)"
+  echo "cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+  echo "mem_kb=$(awk '/^MemTotal/ { print $2 }' /proc/meminfo)"
+  echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "fio=$(fio --version)"
+  echo "rounds=$ROUNDS"; echo "runtime=$RUNTIME"; echo "ramp=$RAMP"; echo "depth=$DEPTH"
+  echo "targets=$TARGETS"; echo "workloads=$WANT_WORKLOADS"
+  echo "nullblk_params=$NULLBLK_PARAMS"
+  echo "file_size=$FILE_SIZE"
+} > "$OUT/meta.env"
+
+for p in "$AOT" "$KUBLK"; do [[ -x $p ]] || { log "missing executable $p"; exit 2; }; done
+command -v fio >/dev/null || { log "fio not found"; exit 2; }
+modprobe ublk_drv || { log "modprobe ublk_drv failed"; exit 2; }
+echo "ublk_features=$("$AOT" features --json 2>/dev/null | sed -n 's/.*"features":"\([^"]*\)".*/\1/p')" >> "$OUT/meta.env"
+log "kernel $(uname -r), $(nproc) CPUs; targets: $TARGETS; $ROUNDS round(s) of $RAMP+$RUNTIME s runs"
+
+if [[ " $TARGETS " == *" aot-file "* || " $TARGETS " == *" loop "* ]]; then
+  setup_backing_file || { log "cannot create the backing file on tmpfs"; exit 1; }
+fi
+
+for ((round = 1; round <= ROUNDS; round++)); do
+  for t in $TARGETS; do
+    [[ " $ALL_TARGETS " == *" $t "* ]] || { log "unknown target $t"; continue; }
+    run_target "$t" "$round" || log "target $t round $round failed"
+  done
+done
+((EXTRAS)) && run_extras
+log "done"
+exit 0

@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""report.py RUNDIR — the Markdown results of one scripts/bench/matrix.sh run.
+
+Reads RUNDIR/meta.env, RUNDIR/runs/*.json (fio), RUNDIR/runs/*.err (ublk-aot
+--stats), RUNDIR/extra/* and, when present, RUNDIR/hostload.txt (written by
+scripts/bench.sh); prints Markdown on stdout.  Every figure is the median of
+the rounds that produced a result; the number of samples is shown when it is
+below the number of rounds.
+"""
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+TARGETS = ["aot-null", "aot-mem", "aot-file", "kublk-null", "kublk-loop", "nullblk", "loop"]
+LABEL = {
+    "aot-null": "ublk-aot null", "aot-mem": "ublk-aot mem", "aot-file": "ublk-aot file",
+    "kublk-null": "kublk null", "kublk-loop": "kublk loop",
+    "nullblk": "kernel null_blk", "loop": "kernel loop (dio)",
+}
+# Reference of each target: same-kind kublk target, and the kernel device.
+KUBLK_REF = {"aot-null": "kublk-null", "aot-mem": "kublk-null", "aot-file": "kublk-loop"}
+KERNEL_REF = {"aot-null": "nullblk", "aot-mem": "nullblk", "aot-file": "loop",
+              "kublk-null": "nullblk", "kublk-loop": "loop"}
+WORKLOADS = [  # name, label, big-block (MB/s instead of IOPS)
+    ("rr4k-qd1", "4k randread QD1", False),
+    ("rr4k-qd64", "4k randread QD64", False),
+    ("rw4k-qd1", "4k randwrite QD1", False),
+    ("rw4k-qd64", "4k randwrite QD64", False),
+    ("rr4k-qd128-2q", "4k randread QD128 (2 jobs x 64, 2 queues)", False),
+    ("sr128k-qd16", "128k seq read QD16", True),
+    ("sw128k-qd16", "128k seq write QD16", True),
+]
+STATS_RE = re.compile(r"(\w+)=(-?\d+)")
+
+
+def read_meta(d):
+    meta = {}
+    try:
+        with open(os.path.join(d, "meta.env")) as f:
+            for line in f:
+                if "=" in line:
+                    k, v = line.rstrip("\n").split("=", 1)
+                    meta[k] = v
+    except OSError:
+        pass
+    return meta
+
+
+def fio_result(path):
+    """(iops, MB/s, p50 us, p99 us, total ios) of a fio JSON, or None."""
+    try:
+        with open(path) as f:
+            text = f.read()
+        # fio may print notices before the JSON document.
+        doc = json.loads(text[text.index("{"):])
+        job = doc["jobs"][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    iops = bw = ios = 0.0
+    p50 = p99 = None
+    for d in ("read", "write"):
+        s = job.get(d, {})
+        if not s.get("total_ios"):
+            continue
+        iops += s["iops"]
+        bw += s["bw_bytes"] / 1e6
+        ios += s["total_ios"]
+        pct = s.get("clat_ns", {}).get("percentile", {})
+        if pct:  # for a mixed run keep the slower direction
+            a, b = pct.get("50.000000", 0) / 1000, pct.get("99.000000", 0) / 1000
+            p50 = a if p50 is None else max(p50, a)
+            p99 = b if p99 is None else max(p99, b)
+    if ios == 0:
+        return None
+    return {"iops": iops, "mbs": bw, "p50": p50 or 0.0, "p99": p99 or 0.0, "ios": ios}
+
+
+def aot_stats(path):
+    """Queue totals and process GC counts from ublk-aot --stats stderr."""
+    q = {"loops": 0, "ios": 0, "alloc": 0, "qgc0": 0, "queues": 0}
+    proc = None
+    try:
+        with open(path) as f:
+            for line in f:
+                kv = dict(STATS_RE.findall(line))
+                if line.startswith("stats queue="):
+                    q["queues"] += 1
+                    q["loops"] += int(kv.get("loops", 0))
+                    q["ios"] += sum(int(kv.get(k, 0)) for k in ("reads", "writes", "flushes", "discards", "write_zeroes"))
+                    q["alloc"] += int(kv.get("alloc_bytes", 0))
+                    q["qgc0"] += int(kv.get("gc0", 0))
+                elif line.startswith("stats process"):
+                    proc = {k: int(v) for k, v in kv.items()}
+    except OSError:
+        return None
+    if q["queues"] == 0:
+        return None
+    q["proc"] = proc
+    return q
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def collect(d):
+    res = {}
+    for path in glob.glob(os.path.join(d, "runs", "*.json")):
+        name = os.path.basename(path)[:-5]
+        t, w, r = name.split(".")
+        fr = fio_result(path)
+        if fr is None:
+            continue
+        st = aot_stats(path[:-5] + ".err") if t.startswith("aot-") else None
+        if st and st["ios"]:
+            fr["loops_per_io"] = st["loops"] / st["ios"]
+            fr["gc"] = (st["proc"] or {}).get("gc0", 0) + (st["proc"] or {}).get("gc1", 0) + (st["proc"] or {}).get("gc2", 0)
+            fr["qalloc"] = st["alloc"]
+        res.setdefault((t, w), []).append(fr)
+    agg = {}
+    for k, runs in res.items():
+        a = {f: med([x[f] for x in runs]) for f in ("iops", "mbs", "p50", "p99")}
+        lp = [x["loops_per_io"] for x in runs if "loops_per_io" in x]
+        a["loops_per_io"] = med(lp)
+        a["gc"] = max((x["gc"] for x in runs if "gc" in x), default=None)
+        a["qalloc"] = max((x["qalloc"] for x in runs if "qalloc" in x), default=None)
+        a["n"] = len(runs)
+        agg[k] = a
+    return agg
+
+
+def fmt_ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}x"
+
+
+def fmt_num(v, big):
+    if v is None:
+        return "–"
+    return f"{v:,.0f}" if not big else f"{v:,.0f} MB/s"
+
+
+def results_table(agg, rounds):
+    out = ["| target | workload | IOPS / MB/s | p50 µs | p99 µs | vs kublk | vs kernel | loops/IO |",
+           "|---|---|--:|--:|--:|--:|--:|--:|"]
+    for w, wl, big in WORKLOADS:
+        f = "mbs" if big else "iops"
+        for t in TARGETS:
+            a = agg.get((t, w))
+            if a is None:
+                continue
+            kr = agg.get((KUBLK_REF.get(t), w))
+            kn = agg.get((KERNEL_REF.get(t), w))
+            n = "" if a["n"] >= rounds else f" (n={a['n']})"
+            lp = f"{a['loops_per_io']:.3f}" if a.get("loops_per_io") is not None else ""
+            out.append("| {} | {} | {}{} | {:.0f} | {:.0f} | {} | {} | {} |".format(
+                LABEL[t], wl, fmt_num(a[f], big), n, a["p50"], a["p99"],
+                fmt_ratio(a[f], kr[f] if kr else None) if t in KUBLK_REF else "",
+                fmt_ratio(a[f], kn[f] if kn else None) if t in KERNEL_REF else "",
+                lp))
+    return "\n".join(out)
+
+
+def perf_counts(path):
+    """{thread: {event: count}} from perf stat --per-thread -x, output."""
+    per = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.strip().split(",")
+                if len(parts) < 4 or line.startswith("#"):
+                    continue
+                thread, val, ev = parts[0], parts[1], parts[3]
+                try:
+                    n = int(float(val))
+                except ValueError:
+                    continue
+                per.setdefault(thread, {})[ev] = n
+    except OSError:
+        return None
+    return per or None
+
+
+def strace_counts(path):
+    total = enter = 0
+    try:
+        with open(path) as f:
+            for line in f:
+                p = line.split()
+                if len(p) >= 5 and p[-1] == "total":
+                    total = int(p[3])
+                elif len(p) >= 5 and p[-1] == "io_uring_enter":
+                    enter = int(p[3])
+    except (OSError, ValueError):
+        return None
+    return {"all": {"raw_syscalls:sys_enter": total, "syscalls:sys_enter_io_uring_enter": enter}}
+
+
+def syscalls_table(d):
+    rows = []
+    for t in ("aot-null", "kublk-null", "aot-file", "kublk-loop"):
+        for qd in (1, 64):
+            pre = os.path.join(d, "extra", f"sys.{t}.qd{qd}")
+            fr = fio_result(pre + ".json")
+            if fr is None:
+                continue
+            tool = open(pre + ".tool").read().strip() if os.path.exists(pre + ".tool") else "none"
+            per = perf_counts(pre + ".perf") if tool == "perf" else strace_counts(pre + ".strace") if tool == "strace" else None
+            if not per:
+                continue
+            allsys = sum(v.get("raw_syscalls:sys_enter", 0) for v in per.values())
+            enter = sum(v.get("syscalls:sys_enter_io_uring_enter", 0) for v in per.values())
+            busiest = max(per.items(), key=lambda kv: kv[1].get("raw_syscalls:sys_enter", 0))
+            st = aot_stats(pre + ".err") if t.startswith("aot-") else None
+            lp = f"{st['loops'] / st['ios']:.3f}" if st and st["ios"] else ""
+            rows.append("| {} | {} | {:,.0f} | {:,.0f} | {:,} | {:.3f} | {:.3f} | {} | {} |".format(
+                LABEL[t], f"4k randread QD{qd}", fr["iops"], fr["ios"], allsys, allsys / fr["ios"],
+                enter / fr["ios"], lp, f"{tool}; busiest thread {busiest[0]}: {busiest[1].get('raw_syscalls:sys_enter', 0):,}"))
+    if not rows:
+        return ""
+    return "\n".join(["| server | workload | IOPS | I/Os | syscalls | syscalls/IO | io_uring_enter/IO | loops/IO (--stats) | counted with |",
+                      "|---|---|--:|--:|--:|--:|--:|--:|---|"] + rows)
+
+
+def gc_line(d):
+    pre = os.path.join(d, "extra", "gc.aot-mem")
+    fr = fio_result(pre + ".json")
+    st = aot_stats(pre + ".err")
+    if fr is None or st is None:
+        return ""
+    p = st["proc"] or {}
+    return ("ublk-aot mem, fio 4k randrw QD64 for 10 s ({:,.0f} I/Os): queue threads allocated {:,} bytes, "
+            "queue gen0 collections {}; process gc0={} gc1={} gc2={}, allocated={:,} bytes in total "
+            "(start-up and shutdown included).").format(
+        fr["ios"], st["alloc"], st["qgc0"], p.get("gc0", "?"), p.get("gc1", "?"), p.get("gc2", "?"),
+        p.get("allocated", 0))
+
+
+def host_load(d):
+    path = os.path.join(d, "hostload.txt")
+    try:
+        rows = [line.split() for line in open(path) if line.strip()]
+        loads = [float(r[1]) for r in rows]
+        qemus = [int(r[2]) for r in rows if len(r) > 2]
+    except (OSError, ValueError, IndexError):
+        return ""
+    if not loads:
+        return ""
+    return ("host 1-min load average during the run: min {:.1f}, median {:.1f}, max {:.1f} "
+            "(2 host CPUs; QEMU processes on the host, ours included: {}-{})").format(
+        min(loads), statistics.median(loads), max(loads), min(qemus, default=0), max(qemus, default=0))
+
+
+def main():
+    d = sys.argv[1]
+    meta = read_meta(d)
+    rounds = int(meta.get("rounds", 3))
+    agg = collect(d)
+    lines = []
+    lines.append("Run `{}`: kernel {}, {} guest CPUs ({}), {} MiB RAM; {}; {} round(s), each fio run {} s ramp + {} s; "
+                 "ublk queue depth {}; kernel ublk features {}; loop dio={}.".format(
+                     os.path.basename(os.path.normpath(d)), meta.get("kernel", "?"), meta.get("cpus", "?"),
+                     meta.get("cpu_model", "?"), int(meta.get("mem_kb", 0)) // 1024, meta.get("fio", "fio"),
+                     rounds, meta.get("ramp", "?"), meta.get("runtime", "?"), meta.get("depth", "?"),
+                     meta.get("ublk_features", "?"), meta.get("loop_dio", "?")))
+    if meta.get("date"):
+        lines[-1] = "Date {} (UTC). ".format(meta["date"]) + lines[-1]
+    extra = [x for x in (meta.get("host", ""), meta.get("vm", ""), host_load(d)) if x]
+    if extra:
+        lines.append("")
+        lines.append("; ".join(extra) + ".")
+    lines.append("")
+    lines.append(results_table(agg, rounds))
+    lines.append("")
+    lines.append("vs kublk: throughput ÷ kublk's on the same workload (null for null/mem, loop for file); "
+                 "vs kernel: ÷ null_blk (null, mem) or loop with direct I/O (file). "
+                 "Latencies are fio completion latencies (clat). loops/IO: ublk-aot queue-loop iterations "
+                 "(one io_uring_enter each) per I/O, from `--stats` of the run.")
+    sc = syscalls_table(d)
+    if sc:
+        lines += ["", "Server syscalls during one 5 s fio run (no ramp), all threads of the server process:", "", sc]
+    g = gc_line(d)
+    if g:
+        lines += ["", "GC: " + g]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

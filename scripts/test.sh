@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# test.sh — all of Ublk.Aot's tests: host unit tests, then the VM integration suite in ONE VM boot.
+# Called by `./build.sh test` (which publishes out/ublk-aot first). Ends with one line
+# "N passed, N failed[, N skipped]" totalling both parts; exit status 0 only if nothing failed.
+#
+# Env: UBLK_TEST_FILTER   extra dotnet-test filter for the VM part (e.g. FullyQualifiedName~Serve)
+#      UBLK_HOST_ONLY=1   skip the VM part (development only; CI never sets it)
+#      VM_CPUS (4), VM_MEM (4G), VM_KERNEL (trixie): see scripts/vm-run.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RES=$ROOT/TestResults
+rm -rf "$RES"; mkdir -p "$RES"
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+
+log() { printf '[test] %s\n' "$*" >&2; }
+extra_failed=0
+
+# Sum a counter attribute over the TRX files given.
+counter() { local name=$1; shift; cat "$@" 2>/dev/null | grep -o "<Counters [^>]*" | grep -o " $name=\"[0-9]*\"" | grep -o '[0-9]*' | awk '{s+=$1} END {print s+0}'; }
+
+log "building the test project"
+if ! dotnet build Ublk.Aot.Tests -c Release -v quiet -nologo >"$RES/build.log" 2>&1; then
+  cat "$RES/build.log" >&2
+  log "test project build failed"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+t0=$SECONDS
+log "host tests"
+dotnet test Ublk.Aot.Tests -c Release --no-build --filter "Category!=Integration" \
+  --logger "trx;LogFileName=host.trx" --logger "console;verbosity=normal" --results-directory "$RES" 2>&1 | grep -vE '^\s*$'
+[[ -s $RES/host.trx ]] || { log "host tests produced no results"; extra_failed=$((extra_failed + 1)); }
+log "host tests took $((SECONDS - t0)) s"
+
+if [[ ${UBLK_HOST_ONLY:-0} != 1 ]]; then
+  t0=$SECONDS
+  log "VM bench setup"
+  if ! scripts/vm-setup.sh; then
+    log "FAILED: the VM bench could not be set up; the integration suite did not run"
+    extra_failed=$((extra_failed + 1))
+  else
+    filter="Category=Integration"
+    [[ -n ${UBLK_TEST_FILTER:-} ]] && filter="$filter&${UBLK_TEST_FILTER}"
+    log "VM integration suite (one boot; filter $filter)"
+    VM_CPUS=${VM_CPUS:-4} scripts/vm-run.sh -w "$ROOT" -- dotnet test Ublk.Aot.Tests -c Release --no-build \
+      --filter "$filter" --logger "trx;LogFileName=vm.trx" --logger "console;verbosity=normal" --results-directory "$RES" 2>&1 | grep -vE '^\s*$'
+    vm_rc=${PIPESTATUS[0]}
+    if [[ ! -s $RES/vm.trx ]]; then
+      log "FAILED: the VM suite reported no results (vm-run exit $vm_rc; 125 = the VM died)"
+      extra_failed=$((extra_failed + 1))
+    fi
+    log "VM suite took $((SECONDS - t0)) s (exit $vm_rc)"
+  fi
+fi
+
+trx=("$RES"/*.trx)
+passed=$(counter passed "${trx[@]}")
+failed=$(( $(counter failed "${trx[@]}") + $(counter error "${trx[@]}") + $(counter timeout "${trx[@]}") + $(counter aborted "${trx[@]}") + extra_failed ))
+skipped=$(( $(counter total "${trx[@]}") - $(counter executed "${trx[@]}") ))
+if ((skipped > 0)); then echo "$passed passed, $failed failed, $skipped skipped"; else echo "$passed passed, $failed failed"; fi
+((failed == 0 && passed > 0))
