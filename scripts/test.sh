@@ -27,6 +27,11 @@ if ! dotnet build Ublk.Aot.Tests -c Release -v quiet -nologo >"$RES/build.log" 2
   exit 1
 fi
 
+# The ABI test compares our structs with the newest kernel UAPI headers (Debian sid's linux-libc-dev).
+if [[ -z ${UBLK_UAPI_INCLUDE:-} ]]; then
+  if inc=$(scripts/uapi-headers.sh); then export UBLK_UAPI_INCLUDE=$inc; else log "could not fetch the UAPI headers (the ABI tests will fail)"; fi
+fi
+
 t0=$SECONDS
 log "host tests"
 dotnet test Ublk.Aot.Tests -c Release --no-build --filter "Category!=Integration" \

@@ -1,4 +1,5 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
+# (SC2034: VM_DIR is used by the scripts that source this file)
 # vm-common.sh - helpers sourced by vm-setup.sh, vm-run.sh and uapi-headers.sh.
 # Not meant to be executed.
 #

@@ -117,7 +117,7 @@ trap cleanup EXIT
 on_signal() {
   local sig=$1
   trap - INT TERM
-  [[ -s $vm_pid ]] && kill -TERM "$(<"$vm_pid")" 2>/dev/null || true
+  if [[ -s $vm_pid ]]; then kill -TERM "$(<"$vm_pid")" 2>/dev/null || true; fi
   wait 2>/dev/null || true
   log "stopped by SIG$sig"
   cleanup

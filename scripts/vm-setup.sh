@@ -89,7 +89,8 @@ if [[ $FORCE == 1 || $(dpkg-query -W -f='${db:Status-Status}' virtme-ng 2>/dev/n
   mkdir -p "$VM_DIR/debs"
   rm -f "$VM_DIR"/debs/virtme-ng_*.deb
   (cd "$VM_DIR/debs" && papt "$VNG_SUITE" apt-get -qq download "virtme-ng=$ver")
-  deb=$(echo "$VM_DIR"/debs/virtme-ng_*_all.deb)
+  debs=("$VM_DIR"/debs/virtme-ng_*_all.deb)
+  deb=${debs[0]}
   [[ -r $deb ]] || die "virtme-ng download failed"
   # apt-get resolves the .deb's dependencies against bookworm.
   apt-get -y -qq install --no-install-recommends "$deb" >/dev/null

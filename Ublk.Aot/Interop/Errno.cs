@@ -19,7 +19,12 @@ public static class Errno
     public const int EBUSY = 16;
     public const int EEXIST = 17;
     public const int ENODEV = 19;
+    public const int ENOTDIR = 20;
+    public const int EISDIR = 21;
     public const int EINVAL = 22;
+    public const int EMFILE = 24;
+    public const int ENOTTY = 25;
+    public const int EFBIG = 27;
     public const int ENOSPC = 28;
     public const int EROFS = 30;
     public const int ENOSYS = 38;
@@ -49,7 +54,12 @@ public static class Errno
             EBUSY => "EBUSY",
             EEXIST => "EEXIST",
             ENODEV => "ENODEV",
+            ENOTDIR => "ENOTDIR",
+            EISDIR => "EISDIR",
             EINVAL => "EINVAL",
+            EMFILE => "EMFILE",
+            ENOTTY => "ENOTTY",
+            EFBIG => "EFBIG",
             ENOSPC => "ENOSPC",
             EROFS => "EROFS",
             ENOSYS => "ENOSYS",

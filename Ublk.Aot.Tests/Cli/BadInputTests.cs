@@ -1,0 +1,119 @@
+using System.Diagnostics;
+using System.IO;
+using Xunit;
+
+namespace Ublk.Aot.Tests.Cli;
+
+/// <summary>
+/// Bad input to the static binary: one clear line on stderr, exit code 2, before anything touches the kernel.
+/// These run on the host (no ublk needed); errors that need the kernel are in Integration/EnvironmentErrorTests.
+/// </summary>
+public sealed class BadInputTests
+{
+    private static readonly string Binary = Path.Combine(Integration.IntegrationEnv.RepoRoot, "out", "ublk-aot");
+
+    private static (int Code, string Out, string Err) Run(string args)
+    {
+        Assert.True(File.Exists(Binary), "missing " + Binary + ": run ./build.sh first");
+        var psi = new ProcessStartInfo(Binary, args) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var p = Process.Start(psi)!;
+        string o = p.StandardOutput.ReadToEnd();
+        string e = p.StandardError.ReadToEnd();
+        Assert.True(p.WaitForExit(30_000), "ublk-aot " + args + " did not exit");
+        return (p.ExitCode, o, e);
+    }
+
+    [Theory]
+    [InlineData("serve", "serve: --backend SPEC is required")]
+    [InlineData("serve --backend bogus:1G", "unknown backend 'bogus:1G'")]
+    [InlineData("serve --backend mem", "backend mem: needs a size")]
+    [InlineData("serve --backend mem:0", "backend mem: size must be greater than 0")]
+    [InlineData("serve --backend mem:12Q", "invalid mem size '12Q'")]
+    [InlineData("serve --backend null:1000", "the backend size 1000 is not a multiple of the block size 512")]
+    [InlineData("serve --backend mem:6K --block-size 4096", "the backend size 6144 is not a multiple of the block size 4096")]
+    [InlineData("serve --backend mem:1G --block-size 1024", "--block-size must be 512 or 4096")]
+    [InlineData("serve --backend mem:1G --queues 0", "--queues must be a number between 1 and 4096")]
+    [InlineData("serve --backend mem:1G --queues 5000", "--queues must be a number between 1 and 4096")]
+    [InlineData("serve --backend mem:1G --depth 0", "--depth must be a number between 1 and 4096")]
+    [InlineData("serve --backend mem:1G --depth 4097", "--depth must be a number between 1 and 4096")]
+    [InlineData("serve --backend mem:1G --depth", "serve: --depth needs a value")]
+    [InlineData("serve --backend mem:1G --max-io 1000", "--max-io must be a multiple of 4096")]
+    [InlineData("serve --backend mem:1G --max-io 64M", "--max-io must be a multiple of 4096")]
+    [InlineData("serve --backend mem:1G --id -3", "--id must be a number between 0")]
+    [InlineData("serve --backend mem:1G --cpus 0-x", "--cpus expects a list like 0,2-3")]
+    [InlineData("serve --backend mem:1G --cpus 4096", "--cpus names CPU 4096")]
+    [InlineData("serve --backend mem:1G --frobnicate", "serve: unknown option '--frobnicate'")]
+    [InlineData("serve --backend file:/nonexistent/disk.img", "backing file not found: /nonexistent/disk.img")]
+    [InlineData("serve --backend file:/dev/null", "backing file /dev/null is not a regular file or block device")]
+    [InlineData("serve --backend file:/proc", "cannot open backing file /proc: EISDIR")]
+    [InlineData("serve --backend file:", "backend file: needs a path")]
+    [InlineData("serve --backend file:/x,size=1G,colour=red", "backend file: unknown option 'colour'")]
+    [InlineData("serve --backend fault:mem:1G", "backend fault: expected key=value, got 'mem'")]
+    [InlineData("serve --backend fault:rate=2:mem:1G", "backend fault: rate must be a number between 0 and 1")]
+    [InlineData("serve --backend fault:rate=0.1,ops=scribble:mem:1G", "backend fault: unknown op 'scribble'")]
+    [InlineData("serve --backend fault:rate=0.1:fault:rate=1:mem:1G", "backend fault: cannot wrap")]
+    [InlineData("frobnicate", "unknown command 'frobnicate'")]
+    [InlineData("del", "del: expected one device id or --all")]
+    [InlineData("features --yaml", "features: unexpected argument '--yaml'")]
+    [InlineData("list --xml", "list: unexpected argument '--xml'")]
+    public void Bad_input_is_one_line_and_exit_2(string args, string message)
+    {
+        var (code, stdout, stderr) = Run(args);
+        Assert.True(code == 2, "ublk-aot " + args + ": exit " + code + " (expected 2)\nstderr: " + stderr);
+        string err = stderr.Trim();
+        Assert.False(err.Contains('\n'), "ublk-aot " + args + ": expected one line, got:\n" + err);
+        Assert.StartsWith("ublk-aot: ", err);
+        Assert.Contains(message, err);
+        Assert.Equal("", stdout);
+    }
+
+    [Fact]
+    public void Empty_file_needs_a_size()
+    {
+        string f = Path.GetTempFileName();
+        try
+        {
+            var (code, _, err) = Run("serve --backend file:" + f);
+            Assert.Equal(2, code);
+            Assert.Contains("is empty: give a size", err);
+        }
+        finally { File.Delete(f); }
+    }
+
+    [Fact]
+    public void Version_and_help()
+    {
+        var (code, o, _) = Run("--version");
+        Assert.Equal(0, code);
+        Assert.Equal("ublk-aot " + global::Ublk.Aot.Cli.CommandLine.Version, o.Trim());
+        var (hcode, h, _) = Run("help");
+        Assert.Equal(0, hcode);
+        Assert.Contains("serve --backend SPEC", h);
+        var (ncode, _, nerr) = Run("");
+        Assert.Equal(2, ncode);
+        Assert.Contains("usage: ublk-aot", nerr);
+    }
+
+    [Theory]
+    [InlineData("4096", 4096UL)]
+    [InlineData("64K", 65536UL)]
+    [InlineData("64KiB", 65536UL)]
+    [InlineData("1m", 1048576UL)]
+    [InlineData("2G", 2147483648UL)]
+    [InlineData("1T", 1099511627776UL)]
+    [InlineData("512B", 512UL)]
+    public void Sizes_parse(string text, ulong bytes)
+    {
+        Assert.True(global::Ublk.Aot.Cli.Sizes.TryParse(text, out ulong v), text);
+        Assert.Equal(bytes, v);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("K")]
+    [InlineData("-1")]
+    [InlineData("1.5G")]
+    [InlineData("99999999999999999999")]
+    [InlineData("20000000T")]
+    public void Bad_sizes_are_rejected(string text) => Assert.False(global::Ublk.Aot.Cli.Sizes.TryParse(text, out _), text);
+}
