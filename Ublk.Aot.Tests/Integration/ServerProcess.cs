@@ -25,8 +25,7 @@ public sealed class ServerProcess : IDisposable
     public int Pid => _p.Id;
     public string Stderr { get { lock (_err) return _err.ToString(); } }
     public string Stdout { get { lock (_out) return _out.ToString(); } }
-    public int? ExitCode => _p.HasExited ? _p.ExitCode : null;
-
+    
     private ServerProcess(string args)
     {
         Args = args;
@@ -58,9 +57,9 @@ public sealed class ServerProcess : IDisposable
         var s = new ServerProcess("serve " + args);
         if (!s._firstLine.Wait(timeoutMs) || s._device == null)
         {
-            string err = s.Stderr;
+            string exit = s._p.HasExited ? "exit " + s._p.ExitCode : "still running";
             s.Dispose();
-            Assert.Fail("serve " + args + " did not come up within " + timeoutMs + " ms (exit " + s.ExitCode + ")\nstdout: " + s.Stdout + "\nstderr: " + err);
+            Assert.Fail("serve " + args + " did not come up within " + timeoutMs + " ms (" + exit + ")\nstdout: " + s.Stdout + "\nstderr: " + s.Stderr);
         }
         // The node appears a moment after the path is printed on slow guests.
         for (int i = 0; i < 200 && !File.Exists(s._device); i++) Thread.Sleep(25);

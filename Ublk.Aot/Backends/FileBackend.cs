@@ -26,7 +26,7 @@ public sealed unsafe class FileTarget : IDisposable
     {
         Path = path;
         int mode = readOnly ? Libc.O_RDONLY : Libc.O_RDWR;
-        bool exists = System.IO.File.Exists(path) || System.IO.Directory.Exists(path) || path.StartsWith("/dev/", StringComparison.Ordinal);
+        bool exists = System.IO.File.Exists(path) || System.IO.Directory.Exists(path);
         if (!exists && size is null) throw new UblkException("backing file not found: " + path + " (add ,size=SIZE to create it)", Errno.ENOENT);
         if (!exists && readOnly) throw new UblkException("backing file not found: " + path, Errno.ENOENT);
         int flags = mode | Libc.O_CLOEXEC | (exists ? 0 : Libc.O_CREAT | Libc.O_EXCL);

@@ -1,0 +1,130 @@
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.Linq;
+using System.Threading;
+using Ublk.Aot.Interop;
+using Ublk.Aot.Ublk;
+using Xunit;
+using Xunit.Abstractions;
+using static Ublk.Aot.Tests.Integration.IntegrationEnv;
+
+namespace Ublk.Aot.Tests.Integration;
+
+/// <summary>
+/// Many devices at once, served by the library in this process (cheaper than a process each): more than the
+/// module's default ublks_max of 64, each with its own writer, checked for cross-device bleed, then all stopped
+/// in parallel while the writers still run. UBLK_STRESS_DEVICES (80) sets the count.
+/// </summary>
+[Collection(UblkCollection.Name), Trait("Category", "Integration")]
+public sealed class StressManyDevicesTests(ITestOutputHelper output)
+{
+    private const long MiB = 1 << 20;
+
+    [Fact]
+    public void Many_devices_with_writers_stopped_in_parallel()
+    {
+        Require();
+        AssertNoDevices();
+        int n = StressKnobs.Count("UBLK_STRESS_DEVICES", 80);
+        int seed = StressKnobs.Seed();
+        int oldMax = StressKernel.UblksMax;
+        const int creators = 4;
+        var ctrls = new UblkControl[creators];
+        var devs = new StressLibDevice?[n];
+        try
+        {
+            StressKernel.UblksMax = Math.Max(oldMax, n + 16);
+            for (int c = 0; c < creators; c++) ctrls[c] = new UblkControl();
+
+            // Create from several threads, each with its own control fd: the kernel sees concurrent ADD/START_DEVs.
+            var sw = Stopwatch.StartNew();
+            var createErrors = new Exception?[creators];
+            var threads = new List<Thread>();
+            int ncpu = Environment.ProcessorCount;
+            for (int c = 0; c < creators; c++)
+            {
+                int me = c;
+                threads.Add(StressThreads.Start("create" + c, () =>
+                {
+                    try
+                    {
+                        for (int i = me; i < n; i += creators)
+                            devs[i] = StressLibDevice.Create(ctrls[me], "mem:16M",
+                                new DeviceOptions { Queues = 1, Depth = 16, MaxIoBytes = 64 * 1024, Cpus = [i % ncpu] });
+                    }
+                    catch (Exception e) { createErrors[me] = e; }
+                }));
+            }
+            var stuck = StressThreads.JoinAll(threads, TimeSpan.FromMinutes(5));
+            Assert.True(stuck.Count == 0, "creating " + n + " devices hung: " + string.Join(", ", stuck) + "\n" + StressKernel.Diagnostics(Environment.ProcessId));
+            Assert.True(createErrors.All(e => e == null), "creating " + n + " devices: " + createErrors.First(e => e != null));
+            long createMs = sw.ElapsedMilliseconds;
+            Assert.Equal(n, devs.Select(d => d!.Id).Distinct().Count());
+            Assert.True(StressKernel.WaitUntil(() => devs.All(d => System.IO.File.Exists(d!.Path)), 30_000),
+                "block nodes missing: " + string.Join(", ", devs.Where(d => !System.IO.File.Exists(d!.Path)).Select(d => d!.Path)));
+
+            // The limit is real: with ublks_max at the current count, one more ADD_DEV is refused (EACCES).
+            StressKernel.UblksMax = n;
+            var refused = Assert.Throws<UblkException>(() => StressLibDevice.Create(ctrls[0], "mem:16M", new DeviceOptions()).Dispose());
+            Assert.True(refused.Errno == Errno.EACCES && refused.Message.Contains("ublks_max", StringComparison.Ordinal), refused.ToString());
+            StressKernel.UblksMax = Math.Max(oldMax, n + 16);
+
+            // Phase 1: every device gets its own verified writer; afterwards each store holds its own writer's data only.
+            TimeSpan duration = StressKnobs.Duration("UBLK_STRESS_IO_DURATION", TimeSpan.FromSeconds(3));
+            var verified = new StressWorkload { MaxLength = 64 * 1024, WritePercent = 60, Duration = duration };
+            var ws = new StressWorker[n];
+            for (int i = 0; i < n; i++) { ws[i] = new StressWorker(i, devs[i]!.Path, 0, 1 * MiB, verified, seed + i); ws[i].Start(); }
+            stuck = StressThreads.JoinAll(ws.Select(w => w.Thread), duration + TimeSpan.FromMinutes(3));
+            Assert.True(stuck.Count == 0, "writers hung: " + string.Join(", ", stuck) + "\n" + StressKernel.Diagnostics(Environment.ProcessId));
+            foreach (StressWorker w in ws) Assert.True(w.Failure == null, w.Failure);
+            long ops = ws.Sum(w => w.Ops);
+            for (int i = 0; i < n; i++)
+            {
+                ReadOnlySpan<byte> store = devs[i]!.Store.Slice(0, (int)MiB);
+                Assert.True(store.SequenceEqual(ws[i].Shadow),
+                    "cross-device check: " + StressWorker.MismatchMessage(devs[i]!.Path + "'s mem store", 0, ws[i].Shadow, store));
+                Assert.True(ws[i].Writes > 0, ws[i].Summary);
+            }
+
+            // Phase 2: writers running again, then every device stopped at once, each by its own thread.
+            StressWorker[] racing = new StressWorker[n];
+            var stopping = new StressWorkload { MaxLength = 64 * 1024, WritePercent = 60, ErrorsEnd = true, FinalVerify = false };
+            for (int i = 0; i < n; i++) { racing[i] = new StressWorker(i, devs[i]!.Path, 0, 1 * MiB, stopping, seed + 1000 + i); racing[i].Start(); }
+            StressKernel.WaitUntil(() => racing.All(w => w.Ops > 5 || w.EndedBy != null || w.Failure != null), 60_000);
+            sw.Restart();
+            var disposeErrors = new Exception?[n];
+            var disposers = new Thread[n];
+            using (var barrier = new Barrier(n))
+            {
+                for (int i = 0; i < n; i++)
+                {
+                    int me = i;
+                    disposers[i] = StressThreads.Start("dispose" + i, () =>
+                    {
+                        barrier.SignalAndWait();
+                        try { devs[me]!.Device.Dispose(); } catch (Exception e) { disposeErrors[me] = e; }
+                    });
+                }
+                stuck = StressThreads.JoinAll(disposers, TimeSpan.FromMinutes(3));
+            }
+            long stopMs = sw.ElapsedMilliseconds;
+            Assert.True(stuck.Count == 0, "parallel stop of " + n + " devices hung: " + string.Join(", ", stuck) + "\n" + StressKernel.Diagnostics(Environment.ProcessId));
+            Assert.True(disposeErrors.All(e => e == null), "parallel stop: " + disposeErrors.First(e => e != null));
+            stuck = StressThreads.JoinAll(racing.Select(w => w.Thread), TimeSpan.FromSeconds(60));
+            Assert.True(stuck.Count == 0, "writers still blocked 60 s after their devices stopped: " + string.Join(", ", stuck));
+            foreach (StressWorker w in racing) Assert.True(w.Failure == null, w.Failure);
+            foreach (StressLibDevice? d in devs) d!.Spec.Dispose();
+            AssertNoDevices(30_000);
+            output.WriteLine(n + " devices: created in " + createMs + " ms, " + ops + " verified ops, all stopped in parallel in " + stopMs + " ms");
+            Array.Clear(devs);
+        }
+        finally
+        {
+            foreach (StressLibDevice? d in devs) d?.Dispose();
+            foreach (UblkControl? c in ctrls) c?.Dispose();
+            if (KernelDevices().Length > 0) UblkAot("del --all", 120_000);
+            StressKernel.UblksMax = oldMax;
+        }
+    }
+}
