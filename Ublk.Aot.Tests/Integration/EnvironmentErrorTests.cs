@@ -5,7 +5,7 @@ using static Ublk.Aot.Tests.Integration.IntegrationEnv;
 
 namespace Ublk.Aot.Tests.Integration;
 
-/// <summary>Errors that need the kernel: id in use, not root, unreadable file, ublks_max reached. One line, exit 2, nothing left behind.</summary>
+/// <summary>Errors that need the kernel: id in use, not root, unreadable file. One line, exit 2, nothing left behind.</summary>
 [Collection(UblkCollection.Name), Trait("Category", "Integration")]
 public sealed class EnvironmentErrorTests
 {
@@ -48,23 +48,7 @@ public sealed class EnvironmentErrorTests
         Directory.Delete(dir, true);
     }
 
-    [Fact]
-    public void Ublks_max_reached_is_refused()
-    {
-        Require();
-        AssertNoDevices();
-        Sh("rmmod ublk_drv && modprobe ublk_drv ublks_max=1");
-        try
-        {
-            using ServerProcess first = ServerProcess.Start("--backend mem:16M");
-            Result second = UblkAot("serve --backend mem:16M");
-            AssertOneLineExit2(second, "ublks_max reached", "serve past ublks_max=1");
-            Assert.Equal(0, first.Stop());
-            AssertNoDevices();
-        }
-        finally
-        {
-            Sh("rmmod ublk_drv; modprobe ublk_drv");
-        }
-    }
+    // ublks_max (EACCES on ADD_DEV) is mapped to its own message in UblkControl.AddDev, but the 6.12 kernel applies
+    // the limit to UBLK_F_UNPRIVILEGED_DEV devices only: a root server never reaches it there (seen: ublks_max=1,
+    // a second root device was created). See AGENTS.md.
 }

@@ -112,8 +112,8 @@ public static class IntegrationEnv
     }
 
     /// <summary>
-    /// A scratch folder for backing files: tmpfs (/dev/shm) where there is one. The guest's /tmp is an overlayfs,
-    /// where fsync through io_uring on the 6.12 kernel fails with EINVAL (see AGENTS.md).
+    /// A scratch folder for backing files: tmpfs (/dev/shm) where there is one (the guest's /tmp is an overlayfs
+    /// in RAM; tmpfs is the simpler, faster home for images).
     /// </summary>
     public static string TempDir(string name)
     {

@@ -29,7 +29,7 @@ public sealed class StressChainTests(ITestOutputHelper output)
         {
             top = StressLibDevice.Create(ctrl, "file:" + bottom.Path + ",direct=on", new DeviceOptions { Queues = 2, Depth = 32 });
             Assert.Equal(64UL * (ulong)MiB, top.Device.Caps.Size);
-            var topFile = ((Ublk.Aot.Backends.FileSpec)top.Spec).Target;
+            var topFile = ((global::Ublk.Aot.Backends.FileSpec)top.Spec).Target;
             Assert.True(topFile.IsBlockDevice && topFile.Direct, "top's backing " + bottom.Path + " should be a block device opened O_DIRECT");
 
             // Single writes of many sizes: each lands at its offset in the bottom's RAM and reads back through both devices.
@@ -52,11 +52,13 @@ public sealed class StressChainTests(ITestOutputHelper output)
                     Assert.True(viaBottom.AsSpan().SequenceEqual(data), "seed " + seed + ": " + StressWorker.MismatchMessage(bottom.Path, off, data, viaBottom));
                 }
                 // A discard on the top becomes a hole punched in the bottom block device: zeros in the bottom's RAM.
-                Assert.Equal(0, StressIo.Discard(topDev.Fd, 8 * MiB, 2 * MiB));
+                int rc = StressIo.Discard(topDev.Fd, 8 * MiB, 2 * MiB);
+                Assert.True(rc == 0, top.Path + ": BLKDISCARD(8 MiB, 2 MiB) = " + StressIo.Describe(rc, 0));
                 ReadOnlySpan<byte> punched = bottom.Store.Slice(8UL * (ulong)MiB, (int)(2 * MiB));
                 Assert.True(punched.IndexOfAnyExcept((byte)0) < 0,
                     "discard on " + top.Path + ": " + StressWorker.MismatchMessage(bottom.Path + "'s mem store", 8 * MiB, new byte[2 * MiB], punched));
-                Assert.Equal(0, StressIo.Fsync(topDev.Fd));
+                rc = StressIo.Fsync(topDev.Fd);
+                Assert.True(rc == 0, top.Path + ": fdatasync = " + StressIo.Describe(rc, 0));
             }
 
             // Torture on the top for a few seconds; then the bottom's RAM must equal the workers' shadows.
@@ -64,8 +66,7 @@ public sealed class StressChainTests(ITestOutputHelper output)
             var workload = new StressWorkload { MaxLength = 512 * 1024, WritePercent = 50, ZeroOutPercent = 3, FsyncPercent = 2, Duration = duration };
             var ws = new StressWorker[4];
             for (int i = 0; i < ws.Length; i++) { ws[i] = new StressWorker(i, top.Path, 16 * MiB + i * 8 * MiB, 8 * MiB, workload, seed + i); ws[i].Start(); }
-            var stuck = StressThreads.JoinAll(ws.Select(w => w.Thread), duration + TimeSpan.FromMinutes(3));
-            Assert.True(stuck.Count == 0, "chain workers hung: " + string.Join(", ", stuck) + "\n" + StressKernel.Diagnostics(Environment.ProcessId));
+            StressThreads.AssertAllEnd(ws.Select(w => w.Thread), duration + TimeSpan.FromMinutes(3), "chain workers on " + top.Path, Environment.ProcessId);
             foreach (StressWorker w in ws)
             {
                 output.WriteLine(w.Summary);

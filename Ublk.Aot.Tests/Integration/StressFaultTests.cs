@@ -253,9 +253,7 @@ public sealed class StressFaultTests(ITestOutputHelper output)
         var sw = System.Diagnostics.Stopwatch.StartNew();
         int code = s.Stop(timeoutMs: 30_000);
         Assert.True(code == 0, "serve exit " + code + "\n" + s.Stderr);
-        var stuck = StressThreads.JoinAll(threads, TimeSpan.FromSeconds(30));
-        Assert.True(stuck.Count == 0, dev + ": I/O threads still blocked 30 s after the server exited: " + string.Join(", ", stuck) +
-            "\n" + StressKernel.Diagnostics(Environment.ProcessId));
+        StressThreads.AssertAllEnd(threads, TimeSpan.FromSeconds(30), dev + ": I/O threads after the server exited", Environment.ProcessId);
         output.WriteLine(dev + ": " + ok + " ok, " + injected + " injected failures before SIGTERM; server exited in " + sw.ElapsedMilliseconds +
             " ms; threads ended by: " + string.Join(", ", ended) + "\n" + s.Stderr);
         AssertNoDevices();

@@ -141,7 +141,7 @@ public sealed class StressLifecycleTests(ITestOutputHelper output)
 
         var sw = Stopwatch.StartNew();
         Thread disposer = StressThreads.Start("dispose", dev.Dispose);
-        Assert.True(disposer.Join(TimeSpan.FromSeconds(30)), dev.Path + ": Dispose() with I/O running did not return in 30 s\n" + StressKernel.Diagnostics(Environment.ProcessId));
+        StressThreads.AssertAllEnd([disposer], TimeSpan.FromSeconds(30), dev.Path + ": Dispose() with I/O running", Environment.ProcessId);
         AssertWorkersEnded(ws, dev.Path, "Dispose returned after " + sw.ElapsedMilliseconds + " ms");
         Assert.True(StressKernel.WaitGone(id, 10_000), "ublk device " + id + " still there after Dispose and the workers closed their fds");
     }
@@ -175,9 +175,8 @@ public sealed class StressLifecycleTests(ITestOutputHelper output)
                     catch (Exception e) { errors[me] = e; }
                 });
             }
-            var stuck = StressThreads.JoinAll(threads, TimeSpan.FromSeconds(30));
-            Assert.True(stuck.Count == 0, dev.Path + ": concurrent Dispose() hung: " + string.Join(", ", stuck) + "\n" + StressKernel.Diagnostics(Environment.ProcessId));
-            Assert.True(errors.All(e => e == null), dev.Path + ": concurrent Dispose() threw: " + errors.First(e => e != null));
+            StressThreads.AssertAllEnd(threads, TimeSpan.FromSeconds(30), dev.Path + ": concurrent Dispose()", Environment.ProcessId);
+            StressThreads.AssertNoErrors(errors, dev.Path + ": concurrent Dispose() threw");
             AssertWorkersEnded(ws, dev.Path, "round " + round);
             dev.Dispose(); // again: a no-op for the device, frees the store
             Assert.True(StressKernel.WaitGone(id, 10_000), "ublk device " + id + " still there after concurrent Dispose");
@@ -202,7 +201,7 @@ public sealed class StressLifecycleTests(ITestOutputHelper output)
             foreach (ServerProcess s in servers) s.Signal(15);
             foreach (ServerProcess s in servers)
             {
-                int code = s.Stop(timeoutMs: 60_000);
+                int code = s.Stop(sig: 0, timeoutMs: 60_000); // signal 0: no second SIGTERM (see the report on exit 143)
                 Assert.True(code == 0, s.DevicePath + ": serve exit " + code + "\n" + s.Stderr);
             }
             AssertNoDevices();
@@ -293,9 +292,7 @@ public sealed class StressLifecycleTests(ITestOutputHelper output)
     /// <summary>Every worker ends within 30 s, without wrong data, ended by a failed call (the device went away).</summary>
     internal void AssertWorkersEnded(StressWorker[] ws, string dev, string context)
     {
-        var stuck = StressThreads.JoinAll(ws.Select(w => w.Thread), TimeSpan.FromSeconds(30));
-        Assert.True(stuck.Count == 0, dev + " (" + context + "): I/O calls still blocked 30 s later: " + string.Join(", ", stuck) +
-            "\n" + StressKernel.Diagnostics(Environment.ProcessId));
+        StressThreads.AssertAllEnd(ws.Select(w => w.Thread), TimeSpan.FromSeconds(30), dev + " (" + context + "): I/O calls", Environment.ProcessId);
         output.WriteLine(dev + ": " + context);
         foreach (StressWorker w in ws)
         {

@@ -56,9 +56,8 @@ public sealed class StressManyDevicesTests(ITestOutputHelper output)
                     catch (Exception e) { createErrors[me] = e; }
                 }));
             }
-            var stuck = StressThreads.JoinAll(threads, TimeSpan.FromMinutes(5));
-            Assert.True(stuck.Count == 0, "creating " + n + " devices hung: " + string.Join(", ", stuck) + "\n" + StressKernel.Diagnostics(Environment.ProcessId));
-            Assert.True(createErrors.All(e => e == null), "creating " + n + " devices: " + createErrors.First(e => e != null));
+            StressThreads.AssertAllEnd(threads, TimeSpan.FromMinutes(5), "creating " + n + " devices", Environment.ProcessId);
+            StressThreads.AssertNoErrors(createErrors, "creating " + n + " devices");
             long createMs = sw.ElapsedMilliseconds;
             Assert.Equal(n, devs.Select(d => d!.Id).Distinct().Count());
             Assert.True(StressKernel.WaitUntil(() => devs.All(d => System.IO.File.Exists(d!.Path)), 30_000),
@@ -75,8 +74,7 @@ public sealed class StressManyDevicesTests(ITestOutputHelper output)
             var verified = new StressWorkload { MaxLength = 64 * 1024, WritePercent = 60, Duration = duration };
             var ws = new StressWorker[n];
             for (int i = 0; i < n; i++) { ws[i] = new StressWorker(i, devs[i]!.Path, 0, 1 * MiB, verified, seed + i); ws[i].Start(); }
-            stuck = StressThreads.JoinAll(ws.Select(w => w.Thread), duration + TimeSpan.FromMinutes(3));
-            Assert.True(stuck.Count == 0, "writers hung: " + string.Join(", ", stuck) + "\n" + StressKernel.Diagnostics(Environment.ProcessId));
+            StressThreads.AssertAllEnd(ws.Select(w => w.Thread), duration + TimeSpan.FromMinutes(3), "writers on " + n + " devices", Environment.ProcessId);
             foreach (StressWorker w in ws) Assert.True(w.Failure == null, w.Failure);
             long ops = ws.Sum(w => w.Ops);
             for (int i = 0; i < n; i++)
@@ -106,13 +104,11 @@ public sealed class StressManyDevicesTests(ITestOutputHelper output)
                         try { devs[me]!.Device.Dispose(); } catch (Exception e) { disposeErrors[me] = e; }
                     });
                 }
-                stuck = StressThreads.JoinAll(disposers, TimeSpan.FromMinutes(3));
+                StressThreads.AssertAllEnd(disposers, TimeSpan.FromMinutes(3), "parallel stop of " + n + " devices", Environment.ProcessId);
             }
             long stopMs = sw.ElapsedMilliseconds;
-            Assert.True(stuck.Count == 0, "parallel stop of " + n + " devices hung: " + string.Join(", ", stuck) + "\n" + StressKernel.Diagnostics(Environment.ProcessId));
-            Assert.True(disposeErrors.All(e => e == null), "parallel stop: " + disposeErrors.First(e => e != null));
-            stuck = StressThreads.JoinAll(racing.Select(w => w.Thread), TimeSpan.FromSeconds(60));
-            Assert.True(stuck.Count == 0, "writers still blocked 60 s after their devices stopped: " + string.Join(", ", stuck));
+            StressThreads.AssertNoErrors(disposeErrors, "parallel stop of " + n + " devices");
+            StressThreads.AssertAllEnd(racing.Select(w => w.Thread), TimeSpan.FromSeconds(60), "writers after their devices stopped", Environment.ProcessId);
             foreach (StressWorker w in racing) Assert.True(w.Failure == null, w.Failure);
             foreach (StressLibDevice? d in devs) d!.Spec.Dispose();
             AssertNoDevices(30_000);

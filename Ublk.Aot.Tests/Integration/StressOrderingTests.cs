@@ -38,6 +38,11 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
         public long Id;         // writes: unique id > 0
         public long Start, End; // Stopwatch timestamps around the syscall
         public long[][]? Seen;  // reads: per block, the distinct write ids found (0 = never written)
+        public string?[]? Layout; // reads: per mixed block, its records as runs "count x id"
+        public int Thread;
+
+        public override string ToString() => Kind.ToString().ToLowerInvariant() + (Kind == Kind.Write ? " #" + Id : "") + " of blocks " + First + ".." +
+            (First + Count - 1) + " by thread " + Thread + " [" + Start + ", " + End + "]";
     }
 
     [Theory]
@@ -65,12 +70,11 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
             logs[t] = new List<Op>();
             ts[t] = StressThreads.Start("order" + t, () =>
             {
-                try { failures[me] = RunThread(dev, seed + me, duration, logs[me], ref nextId); }
+                try { failures[me] = RunThread(me, dev, seed + me, duration, logs[me], ref nextId); }
                 catch (Exception e) { failures[me] = e.ToString(); }
             });
         }
-        var stuck = StressThreads.JoinAll(ts, duration + TimeSpan.FromMinutes(3));
-        Assert.True(stuck.Count == 0, dev + ": ordering threads hung: " + string.Join(", ", stuck) + "\n" + StressKernel.Diagnostics(s.Pid));
+        StressThreads.AssertAllEnd(ts, duration + TimeSpan.FromMinutes(3), dev + ": ordering threads", s.Pid);
         foreach (string? f in failures) Assert.True(f == null, dev + " (seed " + seed + "): " + f);
 
         // One last read of every block, after everything: it must show a write nobody certainly overwrote.
@@ -90,7 +94,7 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
         Directory.Delete(dir, true);
     }
 
-    private static string? RunThread(string dev, int seed, TimeSpan duration, List<Op> log, ref long nextId)
+    private static string? RunThread(int thread, string dev, int seed, TimeSpan duration, List<Op> log, ref long nextId)
     {
         int fd = StressIo.OpenDirect(dev);
         if (fd < 0) return "open " + dev + ": " + Errno.Name(fd);
@@ -102,7 +106,7 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
             while (sw.Elapsed < duration)
             {
                 int p = rnd.Next(100);
-                var op = new Op();
+                var op = new Op { Thread = thread };
                 if (p < 45)
                 {
                     op.Kind = Kind.Write;
@@ -148,7 +152,7 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
         using var buf = new StressBuffer(Blocks * Block);
         try
         {
-            var op = new Op { Kind = Kind.Read, First = 0, Count = Blocks };
+            var op = new Op { Kind = Kind.Read, First = 0, Count = Blocks, Thread = -1 };
             string? err = Read(fd, buf, op, dev);
             log.Add(op);
             return err;
@@ -179,6 +183,7 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
         if (r != len) return "pread(" + len + " bytes at " + (RegionStart + (long)op.First * Block) + ") = " + StressIo.Describe(r, len);
         ReadOnlySpan<byte> data = buf.Span(len);
         op.Seen = new long[op.Count][];
+        op.Layout = new string?[op.Count];
         var ids = new List<long>(2);
         for (int b = 0; b < op.Count; b++)
         {
@@ -201,8 +206,26 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
                 if (!ids.Contains(v)) ids.Add(v);
             }
             op.Seen[b] = ids.ToArray();
+            if (ids.Count > 1) op.Layout[b] = Layout(data.Slice(b * Block, Block));
         }
         return null;
+    }
+
+    /// <summary>A block's records as runs: "200 x #12, 56 x #40".</summary>
+    private static string Layout(ReadOnlySpan<byte> block)
+    {
+        var runs = new List<string>();
+        long cur = -1;
+        int n = 0;
+        for (int rec = 0; rec < Block; rec += RecordSize)
+        {
+            long id = BinaryPrimitives.ReadInt64LittleEndian(block[rec..]);
+            if (id != cur && n > 0) { runs.Add(n + " x #" + cur); n = 0; }
+            cur = id;
+            n++;
+        }
+        runs.Add(n + " x #" + cur);
+        return string.Join(", ", runs);
     }
 
     private readonly record struct WriteSpan(long Id, long Start, long End);
@@ -211,12 +234,13 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
     private static void CheckHistory(string dev, List<Op> ops, int seed, out int torn)
     {
         var writesById = new Dictionary<long, Op>();
+        foreach (Op o in ops)
+            if (o.Kind == Kind.Write && !writesById.TryAdd(o.Id, o)) Assert.Fail("test bug: two writes with id " + o.Id + ": " + o + " and " + writesById[o.Id]);
         var perBlock = new List<WriteSpan>[Blocks];
         for (int b = 0; b < Blocks; b++) perBlock[b] = new List<WriteSpan>();
         foreach (Op o in ops)
         {
             if (o.Kind != Kind.Write) continue;
-            writesById[o.Id] = o;
             for (int b = o.First; b < o.First + o.Count; b++) perBlock[b].Add(new WriteSpan(o.Id, o.Start, o.End));
         }
         // Per block: writes sorted by completion, with the latest start among those completed so far.
@@ -262,8 +286,9 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
                     long blockOffset = RegionStart + (long)b * Block;
                     Assert.Fail(dev + ": offset " + blockOffset + " (block " + b + ", seed " + seed + "): " + why + ". Expected a record of one of " +
                         Allowed(byEnd[b], r, done) + ", actual record " + Record(id, blockOffset) + " (write #" + id + ")" +
-                        (seen.Length > 1 ? "; the block mixed writes " + string.Join(",", seen) : "") + "; read [" + r.Start + ", " + r.End + "]" +
-                        (id > 0 && writesById.TryGetValue(id, out Op? ww) ? ", write #" + id + " [" + ww.Start + ", " + ww.End + "]" : ""));
+                        (seen.Length > 1 ? "; the block mixed writes: " + r.Layout![i] : "") + "; the " + r +
+                        (id > 0 && writesById.TryGetValue(id, out Op? ww) ? "; the " + ww : "") +
+                        "; writes of this block around then: " + string.Join("; ", perBlock[b].Where(x => x.End > r.Start - 2_000_000_000L && x.Start < r.End + 1_000_000_000L).Select(x => writesById[x.Id].ToString())));
                 }
             }
         }

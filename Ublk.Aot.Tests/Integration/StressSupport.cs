@@ -234,7 +234,7 @@ internal static class StressKernel
     /// <summary>Kernel stacks of a process's threads and the tail of the kernel log, for hang messages.</summary>
     public static string Diagnostics(int pid)
         => IntegrationEnv.Sh("for t in /proc/" + pid + "/task/*; do echo \"== $t $(cat $t/comm)\"; cat $t/stack; done 2>/dev/null | head -120; dmesg | tail -30",
-            20_000, check: false).Out;
+            60_000, check: false).Out;
 }
 
 /// <summary>What one process holds: fds (with their targets), mappings, threads and virtual size.</summary>
@@ -355,6 +355,22 @@ internal static class StressThreads
         var t = new Thread(() => body()) { IsBackground = true, Name = name };
         t.Start();
         return t;
+    }
+
+    /// <summary>
+    /// Joins all with one deadline; fails, naming those still running and showing the kernel stacks of process
+    /// <paramref name="pid"/> (the server, or this process for the library), if any is left.
+    /// </summary>
+    public static void AssertAllEnd(IEnumerable<Thread> threads, TimeSpan timeout, string what, int pid)
+    {
+        List<string> stuck = JoinAll(threads, timeout);
+        if (stuck.Count > 0)
+            Assert.Fail(what + ": still blocked after " + timeout.TotalSeconds + " s: " + string.Join(", ", stuck) + "\n" + StressKernel.Diagnostics(pid));
+    }
+
+    public static void AssertNoErrors(IEnumerable<Exception?> errors, string what)
+    {
+        foreach (Exception? e in errors) if (e != null) Assert.Fail(what + ": " + e);
     }
 
     /// <summary>Joins all; returns the names of those still running after <paramref name="timeout"/>.</summary>

@@ -51,9 +51,7 @@ public sealed class StressTortureTests(ITestOutputHelper output)
                 ws[i] = new StressWorker(i, s.DevicePath, i * (size / workers), size / workers, workload, seed + i);
                 ws[i].Start();
             }
-            var stuck = StressThreads.JoinAll(Array.ConvertAll(ws, w => w.Thread), duration + TimeSpan.FromMinutes(5));
-            Assert.True(stuck.Count == 0, s.DevicePath + ": torture workers did not finish (I/O hung?): " + string.Join(", ", stuck) +
-                "\n" + StressKernel.Diagnostics(s.Pid));
+            StressThreads.AssertAllEnd(Array.ConvertAll(ws, w => w.Thread), duration + TimeSpan.FromMinutes(5), s.DevicePath + ": torture workers", s.Pid);
             foreach (StressWorker w in ws) output.WriteLine(w.Summary);
             foreach (StressWorker w in ws) Assert.True(w.Failure == null, w.Failure);
             foreach (StressWorker w in ws) Assert.True(w.Writes > 0 && w.Reads > 0 && w.Verifies > 0, "a worker did no real work: " + w.Summary);

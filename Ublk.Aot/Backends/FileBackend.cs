@@ -133,7 +133,8 @@ public struct FileBackend(FileTarget target) : IBackend
         s.Op = iod.Op;
         s.Fua = (iod.op_flags & UBLK_IO_F_FUA) != 0;
         s.Buffered = !_target.Direct;
-        if (s.Offset > _target.Size || s.Length > _target.Size - s.Offset) return -Errno.EINVAL;
+        // A FLUSH carries no range (its start sector is whatever the block layer left there): check the others only.
+        if (s.Op != UBLK_IO_OP_FLUSH && (s.Offset > _target.Size || s.Length > _target.Size - s.Offset)) return -Errno.EINVAL;
         switch (s.Op)
         {
             case UBLK_IO_OP_READ:

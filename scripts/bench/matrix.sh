@@ -5,17 +5,20 @@
 #
 #   matrix.sh OUTDIR
 #
-# For each round, for each target: start the device, run the fio workloads,
-# stop it.  Rounds are the outer loop so that the 3 samples of one figure are
-# spread over the whole run (a burst of load on the host hits one sample of
-# every target, not all samples of one target); report.py takes the median.
-# The ublk servers (ublk-aot, kublk) get a fresh device for every fio run, so
-# each ublk-aot run has its own `--stats` (loops per I/O, GC counts).
+# For each round, for each target: start the device, run the fio matrix
+# (one fio process, the workloads one after the other, separated by
+# stonewall), stop it; workloads that want 2 ublk queues get a second device
+# and fio run.  One fio process per device, because starting fio costs
+# seconds under TCG (it loads ~60 shared libraries over 9p).  Rounds are the
+# outer loop so that the samples of one figure are spread over the whole run
+# (a burst of load on the host hits one sample of every target, not all
+# samples of one target); report.py takes the median.
 #
 # Writes into OUTDIR (read by report.py):
 #   meta.env                       kernel, CPUs, tool versions, parameters
-#   runs/T.W.rN.json               fio JSON of target T, workload W, round N
-#   runs/T.W.rN.err                server stderr (ublk-aot: --stats lines)
+#   runs/T.qQ.rN.json              fio JSON of target T, devices with Q ublk
+#                                  queues, round N: one entry per workload
+#   runs/T.qQ.rN.err               server stderr (ublk-aot: --stats lines)
 #   extra/...                      syscalls per I/O (perf/strace) and the 10 s GC run
 #   matrix.log                     what happened, with timestamps
 #
@@ -27,6 +30,7 @@
 #   BENCH_WORKLOADS   subset of the names in WORKLOADS below
 #   BENCH_EXTRAS (1)  0 skips the syscall and GC measurements
 #   BENCH_FILE_SIZE (1G)           backing file, on a tmpfs mounted for the run
+#   BENCH_MEM_SIZE (256M)          ublk-aot mem: size (written in full first)
 #
 # Every fio run has --runtime plus an outer `timeout`; every device this
 # script made is removed on exit, whatever the exit path.
@@ -41,7 +45,8 @@ RAMP=${BENCH_RAMP:-1}
 EXTRAS=${BENCH_EXTRAS:-1}
 FILE_SIZE=${BENCH_FILE_SIZE:-1G}
 DEPTH=128                      # ublk queue depth of both servers
-SIZE=1G                        # ublk-aot null/mem size, null_blk size
+SIZE=1G                        # ublk-aot null size (null_blk: gb=1)
+MEM_SIZE=${BENCH_MEM_SIZE:-256M}   # ublk-aot mem size; written in full before it is measured
 
 ALL_TARGETS="aot-null aot-mem aot-file nullblk loop kublk-null kublk-loop"
 TARGETS=${BENCH_TARGETS:-$ALL_TARGETS}
@@ -75,6 +80,7 @@ LOOP_DEV=""         # current loop device
 NULLBLK_LOADED=0
 TMPFS_MOUNTED=0
 
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
   set +e
   [[ -n $SRV_PID ]] && stop_aot
@@ -87,24 +93,41 @@ trap 'cleanup' EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
 # ---------------------------------------------------------------- fio
-# run_fio OUT.json DEV RW BS QD JOBS RUNTIME RAMP: one fio run with a hard
-# limit; 0 if fio produced its JSON.  FIO_WRAP (array) may name a command
-# that runs fio, e.g. perf stat ... --.
+# fio_job NAME RW BS QD JOBS RUNTIME RAMP: one job section (stonewalled).
+fio_job() {
+  local name=$1 rw=$2 bs=$3 qd=$4 jobs=$5 rt=$6 ramp=$7
+  printf '[%s]\nstonewall\nrw=%s\nbs=%s\niodepth=%s\nnumjobs=%s\nruntime=%s\nramp_time=%s\n' \
+    "$name" "$rw" "$bs" "$qd" "$jobs" "$rt" "$ramp"
+  # Several jobs: one per CPU, so each drives its own blk-mq hardware queue.
+  ((jobs > 1)) && printf 'cpus_allowed=0-%s\ncpus_allowed_policy=split\n' $((jobs - 1))
+  echo
+}
+
+# fio_prefill_job: write the whole device once (report.py ignores this job).
+# The mem backend's pages are allocated on first write; without this the
+# write workloads would measure page faults of fresh memory, and reads the
+# kernel's shared zero page.
+fio_prefill_job() {
+  printf '[prefill]\nstonewall\nrw=write\nbs=512k\niodepth=16\nnumjobs=1\ntime_based=0\nsize=100%%\nruntime=300\nramp_time=0\n\n'
+}
+
+# run_fio OUT.json DEV SECONDS JOBS-TEXT: run the job sections on DEV with a
+# hard limit (SECONDS of fio time + slack); 0 if fio produced its JSON.
+# FIO_WRAP (array) may name a command that runs fio, e.g. perf stat ... --.
 FIO_WRAP=()
 run_fio() {
-  local json=$1 dev=$2 rw=$3 bs=$4 qd=$5 jobs=$6 rt=$7 ramp=$8
-  local args=(--name=bench --filename="$dev" --ioengine=io_uring --direct=1
-              --rw="$rw" --bs="$bs" --iodepth="$qd" --numjobs="$jobs"
-              --time_based --runtime="$rt" --ramp_time="$ramp"
-              --norandommap --randrepeat=0 --group_reporting
-              --output-format=json --output="$json")
-  # Two jobs: one per CPU, so each drives its own blk-mq hardware queue.
-  ((jobs > 1)) && args+=(--cpus_allowed="0-$((jobs - 1))" --cpus_allowed_policy=split)
+  local json=$1 dev=$2 secs=$3 jobs=$4 base=${1%.json}
+  {
+    printf '[global]\nfilename=%s\nioengine=io_uring\ndirect=1\ntime_based\n' "$dev"
+    printf 'norandommap\nrandrepeat=0\ngroup_reporting\n\n'
+    printf '%s\n' "$jobs"
+  } > "$base.fio"
   rm -f "$json"
-  timeout -k 10 $((rt + ramp + 60)) "${FIO_WRAP[@]}" fio "${args[@]}" 2>"${json%.json}.fio.err"
+  timeout -k 10 $((secs + 60)) "${FIO_WRAP[@]}" fio --output-format=json --output="$json" "$base.fio" \
+    2>"$base.fio.err"
   local rc=$?
   if ((rc != 0)) || ! grep -q '"jobs"' "$json" 2>/dev/null; then
-    log "fio failed (status $rc) on $dev: $(tr '\n' ' ' < "${json%.json}.fio.err" | cut -c1-300)"
+    log "fio failed (status $rc) on $dev: $(tr '\n' ' ' < "$base.fio.err" | cut -c1-300)"
     return 1
   fi
 }
@@ -212,7 +235,7 @@ dev_up() {
   local t=$1 q=$2 err=$3
   case $t in
     aot-null) start_aot "null:$SIZE" "$q" "$err" ;;
-    aot-mem)  start_aot "mem:$SIZE" "$q" "$err" ;;
+    aot-mem)  start_aot "mem:$MEM_SIZE" "$q" "$err" ;;
     aot-file) start_aot "file:$BACKING" "$q" "$err" ;;
     kublk-null) start_kublk null "$q" "$err" ;;
     kublk-loop) start_kublk loop "$q" "$err" "$BACKING" ;;
@@ -232,6 +255,10 @@ dev_down() {
 target_begin() {
   case $1 in
     nullblk)
+      # Loaded by someone else (a native run): its parameters are not ours,
+      # and it is not ours to unload.
+      [[ -d /sys/module/null_blk ]] && { log "null_blk is already loaded: unload it first; skipping"; return 1; }
+      # shellcheck disable=SC2086  # word splitting wanted
       modprobe null_blk $NULLBLK_PARAMS || { log "modprobe null_blk failed"; return 1; }
       NULLBLK_LOADED=1
       local i; for ((i = 0; i < 50; i++)); do [[ -b /dev/nullb0 ]] && break; sleep 0.1; done
@@ -253,38 +280,49 @@ target_end() {
   esac
 }
 
-# run_target TARGET ROUND: the workload matrix on TARGET.
+# run_target TARGET ROUND: the workload matrix on TARGET, one device (and
+# one fio process) per ublk queue count.
 run_target() {
-  local t=$1 r=$2 name rw bs qd jobs queues base
+  local t=$1 r=$2 nq name rw bs qd jobs queues base text secs n
   target_begin "$t" || return 1
-  while read -r name rw bs qd jobs queues; do
-    [[ -n $name && " $WANT_WORKLOADS " == *" $name "* ]] || continue
-    base=$OUT/runs/$t.$name.r$r
-    dev_up "$t" "$queues" "$base.err" || continue
-    run_fio "$base.json" "$DEV" "$rw" "$bs" "$qd" "$jobs" "$RUNTIME" "$RAMP"
+  for nq in $(awk 'NF { print $6 }' <<<"$WORKLOADS" | sort -un); do
+    text="" secs=0 n=0
+    while read -r name rw bs qd jobs queues; do
+      [[ -n $name && $queues == "$nq" && " $WANT_WORKLOADS " == *" $name "* ]] || continue
+      text+=$(fio_job "$name" "$rw" "$bs" "$qd" "$jobs" "$RUNTIME" "$RAMP")$'\n\n'
+      secs=$((secs + RUNTIME + RAMP + 5)) n=$((n + 1))
+    done <<<"$WORKLOADS"
+    ((n)) || continue
+    if [[ $t == aot-mem ]]; then text=$(fio_prefill_job)$'\n\n'$text; secs=$((secs + 300)); fi
+    base=$OUT/runs/$t.q$nq.r$r
+    dev_up "$t" "$nq" "$base.err" || continue
+    run_fio "$base.json" "$DEV" "$secs" "$text"
     dev_down "$t"
-    log "$t $name round $r: $(iops_of "$base.json")"
-  done <<<"$WORKLOADS"
+    log "$t ${nq}q round $r: $(iops_of "$base.json")"
+  done
   target_end "$t"
 }
 
-# iops_of JSON: a one-line summary for the log.
+# iops_of JSON: a one-line summary for the log (IOPS of each job, read+write).
 iops_of() {
   [[ -s $1 ]] || { echo "no result"; return; }
-  awk -F'[:,]' '/"iops"/ { gsub(/ /, "", $2); s += $2 } END { printf "%.0f IOPS\n", s }' "$1"
+  awk -F'[:,]' '/"jobname"/ { if (n) printf "%s=%.0f ", j, s; gsub(/[" ]/, "", $2); j = $2; s = 0; n = 1 }
+                /"iops"/    { gsub(/ /, "", $2); s += $2 }
+                END { if (n) printf "%s=%.0f", j, s; print " IOPS" }' "$1"
 }
 
 # ------------------------------------------------------------- extras
 # The server's syscalls during one fio run: perf stat on the syscall
 # tracepoints, per thread, for exactly the fio run (perf stat -p PID -- fio);
 # strace -c -f when perf cannot (strace slows the server much more).
-count_syscalls() {   # count_syscalls PID OUTPREFIX DEV RW BS QD JOBS RUNTIME RAMP
+count_syscalls() {   # count_syscalls PID OUTPREFIX DEV SECONDS JOBS-TEXT
   local pid=$1 pre=$2; shift 2
   local tool=none spid rc
   mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
   if command -v perf >/dev/null &&
      timeout 20 perf stat -e 'syscalls:sys_enter_io_uring_enter' -p "$pid" -- sleep 0.1 >/dev/null 2>&1; then
     tool=perf
+    # shellcheck disable=SC2054  # "-x," is perf's CSV separator option
     FIO_WRAP=(perf stat --per-thread -x, -o "$pre.perf"
               -e 'raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter' -p "$pid" --)
     run_fio "$pre.json" "$@"; rc=$?
@@ -314,16 +352,18 @@ run_extras() {
       pre=$OUT/extra/sys.$t.qd$qd
       dev_up "$t" 1 "$pre.err" || continue
       if [[ $t == aot-* ]]; then pid=$SRV_PID; else pid=$KUBLK_PID; fi
-      count_syscalls "$pid" "$pre" "$DEV" randread 4k "$qd" 1 5 0
+      count_syscalls "$pid" "$pre" "$DEV" 5 "$(fio_job "rr4k-qd$qd" randread 4k "$qd" 1 5 0)"
       dev_down "$t"
       log "syscalls $t QD$qd: $(cat "$pre.tool") $(iops_of "$pre.json")"
     done
   done
-  # GC: one 10 s mixed run on ublk-aot mem; --stats must show 0 collections.
+  # GC: one 10 s mixed run on ublk-aot mem (not prefilled: first writes
+  # fault pages in, which must not allocate managed memory either);
+  # --stats must show 0 collections.
   if [[ " $TARGETS " == *" aot-mem "* ]]; then
     pre=$OUT/extra/gc.aot-mem
     if dev_up aot-mem 1 "$pre.err"; then
-      run_fio "$pre.json" "$DEV" randrw 4k 64 1 10 0
+      run_fio "$pre.json" "$DEV" 10 "$(fio_job rw4k-qd64-mixed randrw 4k 64 1 10 0)"
       dev_down aot-mem
       log "gc run: $(grep -h 'stats process' "$pre.err")"
     fi
@@ -342,6 +382,7 @@ run_extras() {
   echo "targets=$TARGETS"; echo "workloads=$WANT_WORKLOADS"
   echo "nullblk_params=$NULLBLK_PARAMS"
   echo "file_size=$FILE_SIZE"
+  echo "mem_size=$MEM_SIZE"
 } > "$OUT/meta.env"
 
 for p in "$AOT" "$KUBLK"; do [[ -x $p ]] || { log "missing executable $p"; exit 2; }; done

@@ -49,16 +49,32 @@ def read_meta(d):
     return meta
 
 
-def fio_result(path):
-    """(iops, MB/s, p50 us, p99 us, total ios) of a fio JSON, or None."""
+def fio_jobs(path):
+    """{jobname: result} of a fio JSON (one entry per reporting group)."""
     try:
         with open(path) as f:
             text = f.read()
         # fio may print notices before the JSON document.
         doc = json.loads(text[text.index("{"):])
-        job = doc["jobs"][0]
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
+        jobs = doc["jobs"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    out = {}
+    for job in jobs:
+        r = job_result(job)
+        if r is not None:
+            out[job.get("jobname", "?")] = r
+    return out
+
+
+def fio_result(path):
+    """The result of the first job of a fio JSON, or None."""
+    jobs = fio_jobs(path)
+    return next(iter(jobs.values()), None)
+
+
+def job_result(job):
+    """iops, MB/s, p50 and p99 completion latency (us), total ios of one fio job, or None."""
     iops = bw = ios = 0.0
     p50 = p99 = None
     for d in ("read", "write"):
@@ -107,29 +123,37 @@ def med(xs):
 
 
 def collect(d):
-    res = {}
+    """{(target, workload): medians} and {(target, queues): [--stats of each round]}."""
+    res, stats = {}, {}
     for path in glob.glob(os.path.join(d, "runs", "*.json")):
-        name = os.path.basename(path)[:-5]
-        t, w, r = name.split(".")
-        fr = fio_result(path)
-        if fr is None:
-            continue
-        st = aot_stats(path[:-5] + ".err") if t.startswith("aot-") else None
-        if st and st["ios"]:
-            fr["loops_per_io"] = st["loops"] / st["ios"]
-            fr["gc"] = (st["proc"] or {}).get("gc0", 0) + (st["proc"] or {}).get("gc1", 0) + (st["proc"] or {}).get("gc2", 0)
-            fr["qalloc"] = st["alloc"]
-        res.setdefault((t, w), []).append(fr)
+        t, q, _r = os.path.basename(path)[:-5].split(".")
+        for w, fr in fio_jobs(path).items():
+            res.setdefault((t, w), []).append(fr)
+        if t.startswith("aot-"):
+            st = aot_stats(path[:-5] + ".err")
+            if st:
+                stats.setdefault((t, q), []).append(st)
     agg = {}
     for k, runs in res.items():
         a = {f: med([x[f] for x in runs]) for f in ("iops", "mbs", "p50", "p99")}
-        lp = [x["loops_per_io"] for x in runs if "loops_per_io" in x]
-        a["loops_per_io"] = med(lp)
-        a["gc"] = max((x["gc"] for x in runs if "gc" in x), default=None)
-        a["qalloc"] = max((x["qalloc"] for x in runs if "qalloc" in x), default=None)
         a["n"] = len(runs)
         agg[k] = a
-    return agg
+    return agg, stats
+
+
+def stats_lines(stats):
+    """ublk-aot --stats of the matrix devices: loops per I/O, allocations, GCs."""
+    out = []
+    for (t, q), sts in sorted(stats.items()):
+        lp = [s["loops"] / s["ios"] for s in sts if s["ios"]]
+        gcs = [sum((s["proc"] or {}).get(g, 0) for g in ("gc0", "gc1", "gc2")) for s in sts]
+        out.append("| {} | {} | {} | {:.3f} ({}) | {:,} | {} |".format(
+            LABEL[t], q[1:], len(sts), med(lp) if lp else 0, ", ".join(f"{x:.3f}" for x in lp),
+            max(s["alloc"] for s in sts), max(gcs) if gcs else "?"))
+    if not out:
+        return ""
+    return "\n".join(["| server | queues | devices | loops/IO median (each) | max bytes allocated by queue threads | max GCs (all generations) |",
+                      "|---|--:|--:|--:|--:|--:|"] + out)
 
 
 def fmt_ratio(a, b):
@@ -145,8 +169,8 @@ def fmt_num(v, big):
 
 
 def results_table(agg, rounds):
-    out = ["| target | workload | IOPS / MB/s | p50 µs | p99 µs | vs kublk | vs kernel | loops/IO |",
-           "|---|---|--:|--:|--:|--:|--:|--:|"]
+    out = ["| target | workload | IOPS / MB/s | p50 µs | p99 µs | vs kublk | vs kernel |",
+           "|---|---|--:|--:|--:|--:|--:|"]
     for w, wl, big in WORKLOADS:
         f = "mbs" if big else "iops"
         for t in TARGETS:
@@ -156,12 +180,10 @@ def results_table(agg, rounds):
             kr = agg.get((KUBLK_REF.get(t), w))
             kn = agg.get((KERNEL_REF.get(t), w))
             n = "" if a["n"] >= rounds else f" (n={a['n']})"
-            lp = f"{a['loops_per_io']:.3f}" if a.get("loops_per_io") is not None else ""
-            out.append("| {} | {} | {}{} | {:.0f} | {:.0f} | {} | {} | {} |".format(
+            out.append("| {} | {} | {}{} | {:.0f} | {:.0f} | {} | {} |".format(
                 LABEL[t], wl, fmt_num(a[f], big), n, a["p50"], a["p99"],
                 fmt_ratio(a[f], kr[f] if kr else None) if t in KUBLK_REF else "",
-                fmt_ratio(a[f], kn[f] if kn else None) if t in KERNEL_REF else "",
-                lp))
+                fmt_ratio(a[f], kn[f] if kn else None) if t in KERNEL_REF else ""))
     return "\n".join(out)
 
 
@@ -255,38 +277,76 @@ def host_load(d):
         min(loads), statistics.median(loads), max(loads), min(qemus, default=0), max(qemus, default=0))
 
 
-def main():
-    d = sys.argv[1]
+BEGIN, END = "<!-- bench-results:begin -->", "<!-- bench-results:end -->"
+
+
+def update_doc(doc, text):
+    """Replace what is between the result markers of DOC by TEXT."""
+    with open(doc) as f:
+        old = f.read()
+    i, j = old.find(BEGIN), old.find(END)
+    if i < 0 or j < i:
+        sys.exit(f"report.py: {doc} has no '{BEGIN}' ... '{END}' markers")
+    new = old[:i + len(BEGIN)] + "\n" + text.rstrip("\n") + "\n" + old[j:]
+    with open(doc + ".tmp", "w") as f:
+        f.write(new)
+    os.replace(doc + ".tmp", doc)
+
+
+def render(d):
     meta = read_meta(d)
     rounds = int(meta.get("rounds", 3))
-    agg = collect(d)
+    agg, stats = collect(d)
     lines = []
-    lines.append("Run `{}`: kernel {}, {} guest CPUs ({}), {} MiB RAM; {}; {} round(s), each fio run {} s ramp + {} s; "
-                 "ublk queue depth {}; kernel ublk features {}; loop dio={}.".format(
-                     os.path.basename(os.path.normpath(d)), meta.get("kernel", "?"), meta.get("cpus", "?"),
-                     meta.get("cpu_model", "?"), int(meta.get("mem_kb", 0)) // 1024, meta.get("fio", "fio"),
-                     rounds, meta.get("ramp", "?"), meta.get("runtime", "?"), meta.get("depth", "?"),
-                     meta.get("ublk_features", "?"), meta.get("loop_dio", "?")))
-    if meta.get("date"):
-        lines[-1] = "Date {} (UTC). ".format(meta["date"]) + lines[-1]
-    extra = [x for x in (meta.get("host", ""), meta.get("vm", ""), host_load(d)) if x]
-    if extra:
-        lines.append("")
-        lines.append("; ".join(extra) + ".")
-    lines.append("")
-    lines.append(results_table(agg, rounds))
-    lines.append("")
+    lines.append("Date {} (UTC), run `{}`: guest kernel {}, {} guest CPUs ({}), {} MiB RAM; {}; {} round(s), "
+                 "each fio job {} s ramp + {} s; ublk queue depth {}; kernel ublk features {}; loop dio={}; "
+                 "backing file {} on tmpfs (ublk-aot file, kublk loop, loop); ublk-aot mem {} (written in full "
+                 "before each device is measured).".format(
+                     meta.get("date", "?"), os.path.basename(os.path.normpath(d)), meta.get("kernel", "?"),
+                     meta.get("cpus", "?"), meta.get("cpu_model", "?"), int(meta.get("mem_kb", 0)) // 1024,
+                     meta.get("fio", "fio"), rounds, meta.get("ramp", "?"), meta.get("runtime", "?"),
+                     meta.get("depth", "?"), meta.get("ublk_features", "?"), meta.get("loop_dio", "?"),
+                     meta.get("file_size", "?"), meta.get("mem_size", "?")))
+    ctx = [meta.get(k, "") for k in ("host", "vm")] + [host_load(d)]
+    if meta.get("ublk_aot"):
+        ctx.append(meta["ublk_aot"])
+    if meta.get("kublk_build"):
+        ctx.append("kublk: " + meta["kublk_build"].replace(";", ", "))
+    if meta.get("wall_seconds"):
+        ctx.append("whole bench {} min wall".format(round(int(meta["wall_seconds"]) / 60)))
+    ctx = [c for c in ctx if c]
+    if ctx:
+        lines += ["", "; ".join(ctx) + "."]
+    lines += ["", results_table(agg, rounds), ""]
     lines.append("vs kublk: throughput ÷ kublk's on the same workload (null for null/mem, loop for file); "
                  "vs kernel: ÷ null_blk (null, mem) or loop with direct I/O (file). "
-                 "Latencies are fio completion latencies (clat). loops/IO: ublk-aot queue-loop iterations "
-                 "(one io_uring_enter each) per I/O, from `--stats` of the run.")
+                 "Latencies are fio completion latencies (clat); 128k rows show MB/s (10^6 bytes). "
+                 "(n=…) marks figures with fewer samples than rounds.")
+    sl = stats_lines(stats)
+    if sl:
+        lines += ["", "ublk-aot `--stats` of the devices above (one device per target, round and queue count, "
+                  "serving the whole matrix; loops = queue-loop iterations, one io_uring_enter each):", "", sl]
     sc = syscalls_table(d)
     if sc:
         lines += ["", "Server syscalls during one 5 s fio run (no ramp), all threads of the server process:", "", sc]
     g = gc_line(d)
     if g:
         lines += ["", "GC: " + g]
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    args = sys.argv[1:]
+    doc = None
+    if len(args) == 3 and args[1] == "--doc":
+        doc = args[2]
+    elif len(args) != 1:
+        sys.exit("usage: report.py RUNDIR [--doc FILE]")
+    text = render(args[0])
+    if doc:
+        update_doc(doc, text)
+    else:
+        sys.stdout.write(text)
 
 
 if __name__ == "__main__":
