@@ -209,13 +209,17 @@ public sealed class ServeTests
     [Fact]
     public void Read_only_device_rejects_writes()
     {
-        using ServerProcess s = ServerProcess.Start("--backend mem:16M --read-only");
+        using ServerProcess s = ServerProcess.Start("--backend mem:16M --read-only --cpus 1 --stats");
         Assert.Equal("1", Sh("blockdev --getro " + s.DevicePath).Out.Trim());
         Result w = Sh("dd if=/dev/zero of=" + s.DevicePath + " bs=4k count=1 oflag=direct status=none", check: false);
         Assert.True(w.Code != 0, "a write to a read-only device succeeded");
         Assert.Matches("Read-only file system|Operation not permitted|Input/output error|Permission denied", w.Err);
         using var dev = new BlockDevice(s.DevicePath, write: false);
         Assert.Equal(4096, dev.Read(4096, 0).Length);
+        // --cpus 1: the queue thread is pinned there (and reports the CPU it ran on).
+        string affinity = Sh("grep -h Cpus_allowed_list /proc/" + s.Pid + "/task/*/status").Out;
+        Assert.Contains("Cpus_allowed_list:\t1\n", affinity);
         Assert.Equal(0, s.Stop());
+        Assert.True(s.StatSum("cpu") == 1, "queue thread did not run on CPU 1:\n" + s.Stderr);
     }
 }

@@ -18,8 +18,10 @@ namespace Ublk.Aot.Tests.Integration;
 /// it must come from a write that covers the block, started before the read ended, and was not certainly overwritten
 /// (another write of the block that started after it completed and itself completed before the read started).
 /// A fresh block (zeros) is only allowed while no write of it has completed before the read started.
-/// Concurrent overlapping requests have no atomicity guarantee, so a block may mix two writes (counted, reported),
-/// but each part must pass the same check. UBLK_ORDERING_DURATION (10s per backend) sets the run length.
+/// Concurrent overlapping requests have no atomicity guarantee: a block, and even a record, can mix bytes of two
+/// writes (the copies race byte by byte; seen in practice). So each 16-byte record carries a check word; an intact
+/// record must name an allowed write, and every byte of a torn one must equal that byte of some allowed write's
+/// record. UBLK_ORDERING_DURATION (10s per backend) sets the run length.
 /// </summary>
 [Collection(UblkCollection.Name), Trait("Category", "Integration")]
 public sealed class StressOrderingTests(ITestOutputHelper output)
@@ -27,7 +29,8 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
     private const int Block = 4096;
     private const int Blocks = 16;
     private const long RegionStart = 1 << 20;
-    private const int RecordSize = 16; // {write id, device offset of the block}, repeated over the block
+    // A record, repeated over each written block: write id (8 bytes), block number on the device (4), check word (4).
+    private const int RecordSize = 16;
 
     private enum Kind : byte { Write, Read, Fsync }
 
@@ -35,9 +38,10 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
     {
         public Kind Kind;
         public int First, Count;
-        public long Id;         // writes: unique id > 0
-        public long Start, End; // Stopwatch timestamps around the syscall
-        public long[][]? Seen;  // reads: per block, the distinct write ids found (0 = never written)
+        public long Id;           // writes: unique id > 0
+        public long Start, End;   // Stopwatch timestamps around the syscall
+        public long[][]? Seen;    // reads: per block, the write ids of its intact records (0 = never written)
+        public byte[][]?[]? Torn; // reads: per block, its distinct torn records (null: none)
         public string?[]? Layout; // reads: per mixed block, its records as runs "count x id"
         public int Thread;
 
@@ -83,9 +87,9 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
         Assert.Null(RunFinalRead(dev, final));
         all.AddRange(final);
 
-        CheckHistory(dev, all, seed, out int torn);
+        CheckHistory(dev, all, seed, out int mixed, out int tornRecords);
         int writes = all.Count(o => o.Kind == Kind.Write), reads = all.Count(o => o.Kind == Kind.Read), syncs = all.Count(o => o.Kind == Kind.Fsync);
-        output.WriteLine(dev + " (" + kind + "): " + writes + " writes, " + reads + " reads, " + syncs + " fsyncs checked; " + torn + " block reads mixed two concurrent writes");
+        output.WriteLine(dev + " (" + kind + "): " + writes + " writes, " + reads + " reads, " + syncs + " fsyncs checked; " + mixed + " block reads mixed concurrent writes, " + tornRecords + " torn 16-byte records");
         Assert.True(writes > 100 && reads > 100, "too little concurrency to prove anything: " + writes + " writes, " + reads + " reads");
 
         Assert.Equal(0, s.Stop());
@@ -160,20 +164,31 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
         finally { Libc.Close(fd); }
     }
 
+    private static uint Check(long id, uint block) => (uint)(((ulong)id * 0x9E3779B97F4A7C15UL ^ block * 0xC2B2AE3D27D4EB4FUL) >> 32) | 1;
+
+    /// <summary>The record write <paramref name="id"/> puts in every 16 bytes of device block <paramref name="block"/> (zeros for id 0).</summary>
+    private static byte[] Encode(long id, uint block)
+    {
+        var rec = new byte[RecordSize];
+        if (id == 0) return rec;
+        BinaryPrimitives.WriteInt64LittleEndian(rec, id);
+        BinaryPrimitives.WriteUInt32LittleEndian(rec.AsSpan(8), block);
+        BinaryPrimitives.WriteUInt32LittleEndian(rec.AsSpan(12), Check(id, block));
+        return rec;
+    }
+
+    private static uint DeviceBlock(int b) => (uint)((RegionStart + (long)b * Block) / Block);
+
     private static void Fill(Span<byte> data, long id, int firstBlock)
     {
         for (int b = 0; b < data.Length / Block; b++)
         {
-            long blockOffset = RegionStart + (long)(firstBlock + b) * Block;
-            for (int r = 0; r < Block; r += RecordSize)
-            {
-                BinaryPrimitives.WriteInt64LittleEndian(data[(b * Block + r)..], id);
-                BinaryPrimitives.WriteInt64LittleEndian(data[(b * Block + r + 8)..], blockOffset);
-            }
+            byte[] rec = Encode(id, DeviceBlock(firstBlock + b));
+            for (int r = 0; r < Block; r += RecordSize) rec.CopyTo(data[(b * Block + r)..]);
         }
     }
 
-    /// <summary>Reads op's blocks and records the write ids found in each; wrong structure is an immediate error.</summary>
+    /// <summary>Reads op's blocks and records what each holds; an intact record naming another block is an immediate error.</summary>
     private static string? Read(int fd, StressBuffer buf, Op op, string dev)
     {
         int len = op.Count * Block;
@@ -183,66 +198,73 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
         if (r != len) return "pread(" + len + " bytes at " + (RegionStart + (long)op.First * Block) + ") = " + StressIo.Describe(r, len);
         ReadOnlySpan<byte> data = buf.Span(len);
         op.Seen = new long[op.Count][];
+        op.Torn = new byte[op.Count][][];
         op.Layout = new string?[op.Count];
         var ids = new List<long>(2);
+        var torn = new List<byte[]>();
         for (int b = 0; b < op.Count; b++)
         {
-            long blockOffset = RegionStart + (long)(op.First + b) * Block;
+            uint block = DeviceBlock(op.First + b);
             ids.Clear();
+            torn.Clear();
             for (int rec = 0; rec < Block; rec += RecordSize)
             {
                 ReadOnlySpan<byte> record = data.Slice(b * Block + rec, RecordSize);
                 long id = BinaryPrimitives.ReadInt64LittleEndian(record);
-                long at = BinaryPrimitives.ReadInt64LittleEndian(record[8..]);
-                bool fresh = id == 0 && at == 0;
-                if (!fresh && (at != blockOffset || id <= 0))
+                uint at = BinaryPrimitives.ReadUInt32LittleEndian(record[8..]);
+                uint check = BinaryPrimitives.ReadUInt32LittleEndian(record[12..]);
+                if (id == 0 && at == 0 && check == 0) { if (!ids.Contains(0)) ids.Add(0); continue; }
+                if (id > 0 && check == Check(id, at))
                 {
-                    var expected = new byte[RecordSize];
-                    BinaryPrimitives.WriteInt64LittleEndian(expected.AsSpan(8), blockOffset);
-                    return dev + ": offset " + (blockOffset + rec) + ": expected a record {write id, " + blockOffset + "} (bytes ????????????????" +
-                        Convert.ToHexString(expected, 8, 8) + "), actual " + Convert.ToHexString(record) + " (id " + id + ", offset " + at + ")";
+                    if (at != block)
+                        return dev + ": offset " + ((long)block * Block + rec) + ": expected a record of device block " + block + ", actual " +
+                            Convert.ToHexString(record) + ": an intact record of write #" + id + " for device block " + at + " (offset " + (long)at * Block + ")";
+                    if (!ids.Contains(id)) ids.Add(id);
+                    continue;
                 }
-                long v = fresh ? 0 : id;
-                if (!ids.Contains(v)) ids.Add(v);
+                bool known = false;
+                foreach (byte[] t in torn) known |= record.SequenceEqual(t);
+                if (!known) torn.Add(record.ToArray());
             }
             op.Seen[b] = ids.ToArray();
-            if (ids.Count > 1) op.Layout[b] = Layout(data.Slice(b * Block, Block));
+            op.Torn[b] = torn.Count > 0 ? torn.ToArray() : null;
+            if (ids.Count + torn.Count > 1) op.Layout[b] = Layout(data.Slice(b * Block, Block));
         }
         return null;
     }
 
-    /// <summary>A block's records as runs: "200 x #12, 56 x #40".</summary>
+    /// <summary>A block's records as runs: "200 x #12, 56 x #40" (torn records show as "?").</summary>
     private static string Layout(ReadOnlySpan<byte> block)
     {
         var runs = new List<string>();
-        long cur = -1;
+        string cur = "";
         int n = 0;
         for (int rec = 0; rec < Block; rec += RecordSize)
         {
-            long id = BinaryPrimitives.ReadInt64LittleEndian(block[rec..]);
-            if (id != cur && n > 0) { runs.Add(n + " x #" + cur); n = 0; }
-            cur = id;
+            ReadOnlySpan<byte> r = block.Slice(rec, RecordSize);
+            long id = BinaryPrimitives.ReadInt64LittleEndian(r);
+            bool intact = id == 0 ? r.IndexOfAnyExcept((byte)0) < 0 : BinaryPrimitives.ReadUInt32LittleEndian(r[12..]) == Check(id, BinaryPrimitives.ReadUInt32LittleEndian(r[8..]));
+            string v = intact ? "#" + id : "?" + Convert.ToHexString(r);
+            if (v != cur && n > 0) { runs.Add(n + " x " + cur); n = 0; }
+            cur = v;
             n++;
         }
-        runs.Add(n + " x #" + cur);
+        runs.Add(n + " x " + cur);
         return string.Join(", ", runs);
     }
 
     private readonly record struct WriteSpan(long Id, long Start, long End);
 
     /// <summary>Checks every value every read saw against the single-copy model; fails with the first violation.</summary>
-    private static void CheckHistory(string dev, List<Op> ops, int seed, out int torn)
+    private static void CheckHistory(string dev, List<Op> ops, int seed, out int mixed, out int tornRecords)
     {
         var writesById = new Dictionary<long, Op>();
         foreach (Op o in ops)
             if (o.Kind == Kind.Write && !writesById.TryAdd(o.Id, o)) Assert.Fail("test bug: two writes with id " + o.Id + ": " + o + " and " + writesById[o.Id]);
         var perBlock = new List<WriteSpan>[Blocks];
         for (int b = 0; b < Blocks; b++) perBlock[b] = new List<WriteSpan>();
-        foreach (Op o in ops)
-        {
-            if (o.Kind != Kind.Write) continue;
+        foreach (Op o in writesById.Values)
             for (int b = o.First; b < o.First + o.Count; b++) perBlock[b].Add(new WriteSpan(o.Id, o.Start, o.End));
-        }
         // Per block: writes sorted by completion, with the latest start among those completed so far.
         var byEnd = new WriteSpan[Blocks][];
         var maxStartUpTo = new long[Blocks][];
@@ -254,7 +276,8 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
             for (int i = 0; i < byEnd[b].Length; i++) maxStartUpTo[b][i] = m = Math.Max(m, byEnd[b][i].Start);
         }
 
-        torn = 0;
+        mixed = 0;
+        tornRecords = 0;
         foreach (Op r in ops)
         {
             if (r.Kind != Kind.Read) continue;
@@ -262,10 +285,15 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
             {
                 int b = r.First + i;
                 long[] seen = r.Seen![i];
-                if (seen.Length > 1) torn++;
+                byte[][]? torn = r.Torn![i];
+                if (seen.Length + (torn?.Length ?? 0) > 1) mixed++;
                 // Writes of b that completed before the read started: the last index with End < r.Start.
                 int done = UpperBound(byEnd[b], r.Start) - 1;
-                long latestCertainStart = done >= 0 ? maxStartUpTo[b][done] : long.MinValue;
+                long latest = done >= 0 ? maxStartUpTo[b][done] : long.MinValue;
+                long blockOffset = RegionStart + (long)b * Block;
+                string Context() => "; the " + r + (r.Layout![i] != null ? "; the block held: " + r.Layout[i] : "") +
+                    "; writes of this block around then: " + string.Join("; ", perBlock[b]
+                        .Where(x => x.End > r.Start - 2_000_000_000L && x.Start < r.End + 1_000_000_000L).Select(x => writesById[x.Id].ToString()));
                 foreach (long id in seen)
                 {
                     string? why = null;
@@ -277,18 +305,29 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
                         why = "write #" + id + " never wrote this block";
                     else if (w.Start > r.End)
                         why = "write #" + id + " started after the read had ended";
-                    else if (latestCertainStart > w.End)
+                    else if (latest > w.End)
                     {
                         WriteSpan newer = byEnd[b].Take(done + 1).First(x => x.Start > w.End);
-                        why = "write #" + id + " was overwritten by write #" + newer.Id + " (which started after #" + id + " completed and completed before the read started)";
+                        why = "write #" + id + " (" + w + ") was overwritten by write #" + newer.Id + " (which started after #" + id + " completed and completed before the read started)";
                     }
                     if (why == null) continue;
-                    long blockOffset = RegionStart + (long)b * Block;
                     Assert.Fail(dev + ": offset " + blockOffset + " (block " + b + ", seed " + seed + "): " + why + ". Expected a record of one of " +
-                        Allowed(byEnd[b], r, done) + ", actual record " + Record(id, blockOffset) + " (write #" + id + ")" +
-                        (seen.Length > 1 ? "; the block mixed writes: " + r.Layout![i] : "") + "; the " + r +
-                        (id > 0 && writesById.TryGetValue(id, out Op? ww) ? "; the " + ww : "") +
-                        "; writes of this block around then: " + string.Join("; ", perBlock[b].Where(x => x.End > r.Start - 2_000_000_000L && x.Start < r.End + 1_000_000_000L).Select(x => writesById[x.Id].ToString())));
+                        AllowedText(byEnd[b], r, latest, done) + ", actual record " + Convert.ToHexString(Encode(id, DeviceBlock(b))) + " (write #" + id + ")" + Context());
+                }
+                if (torn == null) continue;
+                tornRecords += torn.Length;
+                // A torn record: each byte must be that byte of some allowed write's record (or of zeros, when allowed).
+                var allowed = byEnd[b].Where(w => w.Start <= r.End && w.End >= latest).Select(w => Encode(w.Id, DeviceBlock(b))).ToList();
+                if (done < 0) allowed.Add(new byte[RecordSize]);
+                foreach (byte[] rec in torn)
+                {
+                    for (int k = 0; k < RecordSize; k++)
+                    {
+                        if (allowed.Exists(a => a[k] == rec[k])) continue;
+                        Assert.Fail(dev + ": offset " + blockOffset + " (block " + b + ", seed " + seed + "): a torn record whose byte " + k + " (0x" +
+                            rec[k].ToString("x2") + ") belongs to no write allowed here. Expected bytes of one of " + AllowedText(byEnd[b], r, latest, done) +
+                            ", actual record " + Convert.ToHexString(rec) + Context());
+                    }
                 }
             }
         }
@@ -305,22 +344,10 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
         return lo;
     }
 
-    private static string Allowed(WriteSpan[] byEnd, Op r, int done)
+    private static string AllowedText(WriteSpan[] byEnd, Op r, long latest, int done)
     {
-        long latest = done >= 0 ? byEnd.Take(done + 1).Max(w => w.Start) : long.MinValue;
         var ok = byEnd.Where(w => w.Start <= r.End && w.End >= latest).Select(w => "#" + w.Id).Take(12).ToList();
         if (done < 0) ok.Insert(0, "zeros");
         return "{" + string.Join(", ", ok) + "}";
-    }
-
-    private static string Record(long id, long blockOffset)
-    {
-        var rec = new byte[RecordSize];
-        if (id != 0)
-        {
-            BinaryPrimitives.WriteInt64LittleEndian(rec, id);
-            BinaryPrimitives.WriteInt64LittleEndian(rec.AsSpan(8), blockOffset);
-        }
-        return Convert.ToHexString(rec);
     }
 }

@@ -14,6 +14,7 @@ namespace Ublk.Aot.Backends;
 public sealed unsafe class MemStore : IDisposable
 {
     private byte* _base;
+    private readonly ulong _page = (ulong)Environment.SystemPageSize; // read once: not on the data path
     public ulong Size { get; }
 
     public MemStore(ulong size)
@@ -33,7 +34,7 @@ public sealed unsafe class MemStore : IDisposable
     public int Zero(ulong offset, ulong length)
     {
         if (!InRange(offset, length)) return -Errno.EINVAL;
-        ulong page = (ulong)Environment.SystemPageSize;
+        ulong page = _page;
         ulong start = (offset + page - 1) / page * page;
         ulong end = (offset + length) / page * page;
         if (end > start)

@@ -98,7 +98,9 @@ public sealed class UblkDevice : IDisposable
         using var ready = new CountdownEvent(n);
         for (int q = 0; q < n; q++)
         {
-            int[] cpus = _opts.Cpus is { Length: > 0 } c ? [c[q % c.Length]] : [online[q % online.Length]];
+            // --cpus pins queue q to one CPU; otherwise to the CPUs the block layer maps to this queue.
+            int[] cpus = _opts.Cpus is { Length: > 0 } c ? [c[q % c.Length]] : _ctrl.GetQueueAffinity(Id, (ushort)q);
+            if (cpus.Length == 0) cpus = [online[q % online.Length]];
             var queue = new UblkQueue<TBackend>(Id, (ushort)q, Info.queue_depth, Info.max_io_buf_bytes, _charFd,
                 cpus, backendFiles, backend, ioctl);
             _queues[q] = queue;
