@@ -27,7 +27,7 @@ public sealed class StressLifecycleTests(ITestOutputHelper output)
     {
         Require();
         AssertNoDevices();
-        int cycles = StressKnobs.Count("UBLK_CHURN_CYCLES", 16);
+        int cycles = StressKnobs.Count("UBLK_CHURN_CYCLES", 20);
         string dir = TempDir("churn");
         string img = Path.Combine(dir, "churn.img");
         File.Delete(img);
@@ -56,7 +56,7 @@ public sealed class StressLifecycleTests(ITestOutputHelper output)
     {
         Require();
         AssertNoDevices();
-        int cycles = 2 * StressKnobs.Count("UBLK_CHURN_CYCLES", 16);
+        int cycles = 2 * StressKnobs.Count("UBLK_CHURN_CYCLES", 20);
         string dir = TempDir("churn-lib");
         string img = Path.Combine(dir, "churn.img");
         File.Delete(img);

@@ -99,7 +99,7 @@ public sealed class StressManyDevicesTests(ITestOutputHelper output)
             // Phase 2: writers running again, then every device stopped at once, each by its own thread.
             StressWorker[] racing = new StressWorker[n];
             var stopping = new StressWorkload { MaxLength = 64 * 1024, WritePercent = 60, ErrorsEnd = true, FinalVerify = false };
-            for (int i = 0; i < n; i++) { racing[i] = new StressWorker(i, devs[i]!.Path, 0, 1 * MiB, stopping, seed + 1000 + i); racing[i].Start(); }
+            for (int i = 0; i < n; i++) { racing[i] = new StressWorker(i, devs[i]!.Path, 0, 1 * MiB, stopping, seed + 1000 + i, ws[i].Shadow); racing[i].Start(); }
             StressKernel.WaitUntil(() => racing.All(w => w.Ops > 5 || w.EndedBy != null || w.Failure != null), 60_000);
             sw.Restart();
             var disposeErrors = new Exception?[n];

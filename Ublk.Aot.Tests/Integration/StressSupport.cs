@@ -17,9 +17,11 @@ namespace Ublk.Aot.Tests.Integration;
 /// the VM with VM_PASSENV, e.g. <c>UBLK_TORTURE_DURATION=30m UBLK_STRESS_SCALE=10 VM_PASSENV="UBLK_TORTURE_DURATION UBLK_STRESS_SCALE"</c>.
 /// <list type="bullet">
 /// <item>UBLK_STRESS_SCALE (1): multiplies every default count and duration below.</item>
-/// <item>UBLK_TORTURE_DURATION (25s per backend), UBLK_ORDERING_DURATION (10s), UBLK_STRESS_IO_DURATION (3s):
-/// durations, a number with s, m or h.</item>
-/// <item>UBLK_CHURN_CYCLES (16 CLI cycles; the in-process churn runs twice that), UBLK_STRESS_DEVICES (80 devices at once).</item>
+/// <item>Durations (a number with s, m or h): UBLK_TORTURE_DURATION (25s per backend), UBLK_ORDERING_DURATION (10s per
+/// backend), UBLK_STRESS_IO_DURATION (3s of I/O before a stop; the chain's torture runs twice that).</item>
+/// <item>Counts: UBLK_CHURN_CYCLES (20 serve cycles; the in-process churn runs twice that), UBLK_STRESS_DEVICES (80 devices
+/// at once), UBLK_FAULT_OPS (2000 single-block calls per fault run), UBLK_STRESS_ROUNDS (3 concurrent-Dispose rounds),
+/// UBLK_STRESS_SERVERS (6 servers stopped at once).</item>
 /// <item>UBLK_STRESS_SEED: fixes the random seeds (otherwise fresh each run, printed in every failure).</item>
 /// </list>
 /// A malformed value fails the test: a soak that silently ran the CI defaults would prove nothing.

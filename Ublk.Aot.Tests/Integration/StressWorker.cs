@@ -59,7 +59,8 @@ internal sealed class StressWorker
     public long FinishedAtMs { get; private set; } = -1;
     public Thread Thread => _thread;
 
-    public StressWorker(int index, string device, long regionStart, long regionLength, StressWorkload workload, int seed)
+    /// <param name="initial">What the region holds now (a previous worker's shadow); null: zeros, as on a fresh device.</param>
+    public StressWorker(int index, string device, long regionStart, long regionLength, StressWorkload workload, int seed, byte[]? initial = null)
     {
         if (regionStart % workload.Align != 0 || regionLength % workload.Align != 0 || workload.MaxLength % workload.Align != 0)
             throw new ArgumentException("region and sizes must be multiples of " + workload.Align);
@@ -69,6 +70,7 @@ internal sealed class StressWorker
         _w = workload;
         _seed = seed;
         Shadow = new byte[regionLength];
+        if (initial != null) initial.AsSpan(0, (int)regionLength).CopyTo(Shadow);
         _thread = new Thread(Run, 1 << 20) { IsBackground = true, Name = "stress" + index };
     }
 

@@ -25,10 +25,11 @@
 # Env (defaults):
 #   BENCH_AOT (OUTDIR/ublk-aot)    the ublk-aot binary
 #   BENCH_KUBLK (OUTDIR/kublk)     the kernel selftest server
-#   BENCH_ROUNDS (3)  BENCH_RUNTIME (4)  BENCH_RAMP (1)   seconds per fio run: RAMP + RUNTIME
+#   BENCH_ROUNDS (3)  BENCH_RUNTIME (3)  BENCH_RAMP (1)   seconds per fio job: RAMP + RUNTIME
 #   BENCH_TARGETS     subset of: aot-null aot-mem aot-file nullblk loop kublk-null kublk-loop
 #   BENCH_WORKLOADS   subset of the names in WORKLOADS below
 #   BENCH_EXTRAS (1)  0 skips the syscall and GC measurements
+#   BENCH_SYSCALL_QDS (64)         queue depths of the syscall measurement
 #   BENCH_FILE_SIZE (1G)           backing file, on a tmpfs mounted for the run
 #   BENCH_MEM_SIZE (256M)          ublk-aot mem: size (written in full first)
 #
@@ -40,11 +41,18 @@ OUT=$(realpath -e "${1:?usage: matrix.sh OUTDIR}") || exit 2
 AOT=${BENCH_AOT:-$OUT/ublk-aot}
 KUBLK=${BENCH_KUBLK:-$OUT/kublk}
 ROUNDS=${BENCH_ROUNDS:-3}
-RUNTIME=${BENCH_RUNTIME:-4}
+RUNTIME=${BENCH_RUNTIME:-3}
 RAMP=${BENCH_RAMP:-1}
 EXTRAS=${BENCH_EXTRAS:-1}
 FILE_SIZE=${BENCH_FILE_SIZE:-1G}
 DEPTH=128                      # ublk queue depth of both servers
+# CPU placement, the same for every target: queue thread i of a ublk server
+# on CPU i (kublk does this by itself: it takes a CPU of each queue's
+# affinity set), a single fio job on the last CPU, two fio jobs on CPUs 0
+# and 1.  Without it the scheduler decides per run whether fio and the
+# server share a CPU, which changes batching and latency a lot.
+NCPU=$(nproc)
+FIO_CPU=$((NCPU - 1))
 SIZE=1G                        # ublk-aot null size (null_blk: gb=1)
 MEM_SIZE=${BENCH_MEM_SIZE:-256M}   # ublk-aot mem size; written in full before it is measured
 
@@ -99,7 +107,8 @@ fio_job() {
   printf '[%s]\nstonewall\nrw=%s\nbs=%s\niodepth=%s\nnumjobs=%s\nruntime=%s\nramp_time=%s\n' \
     "$name" "$rw" "$bs" "$qd" "$jobs" "$rt" "$ramp"
   # Several jobs: one per CPU, so each drives its own blk-mq hardware queue.
-  ((jobs > 1)) && printf 'cpus_allowed=0-%s\ncpus_allowed_policy=split\n' $((jobs - 1))
+  if ((jobs > 1)); then printf 'cpus_allowed=0-%s\ncpus_allowed_policy=split\n' $((jobs - 1))
+  else printf 'cpus_allowed=%s\n' "$FIO_CPU"; fi
   echo
 }
 
@@ -119,7 +128,10 @@ run_fio() {
   local json=$1 dev=$2 secs=$3 jobs=$4 base=${1%.json}
   {
     printf '[global]\nfilename=%s\nioengine=io_uring\ndirect=1\ntime_based\n' "$dev"
-    printf 'norandommap\nrandrepeat=0\ngroup_reporting\n\n'
+    # lat_percentiles: percentiles of the total latency (submission to
+    # completion), not only of the completion part: when fio and the server
+    # share a CPU, an I/O can complete inside fio's submit call.
+    printf 'norandommap\nrandrepeat=0\ngroup_reporting\nlat_percentiles=1\n\n'
     printf '%s\n' "$jobs"
   } > "$base.fio"
   rm -f "$json"
@@ -137,10 +149,11 @@ run_fio() {
 # SRV_PID and AOT_DEV_ID.  (No command substitution around the start_* and
 # dev_up functions: they set globals and own background processes.)
 start_aot() {
-  local spec=$1 queues=$2 err=$3 dev="" i
+  local spec=$1 queues=$2 err=$3 dev="" i cpus
   local outf=$WORK/aot.out
   : > "$outf"
-  "$AOT" serve --backend "$spec" --queues "$queues" --depth "$DEPTH" --stats >"$outf" 2>"$err" &
+  cpus=$(seq -s, 0 $((queues < NCPU ? queues - 1 : NCPU - 1)))
+  "$AOT" serve --backend "$spec" --queues "$queues" --depth "$DEPTH" --cpus "$cpus" --stats >"$outf" 2>"$err" &
   SRV_PID=$!
   for ((i = 0; i < 300; i++)); do      # 30 s to come up
     read -r dev < "$outf" 2>/dev/null
@@ -345,10 +358,11 @@ count_syscalls() {   # count_syscalls PID OUTPREFIX DEV SECONDS JOBS-TEXT
 
 run_extras() {
   local t qd pre pid
-  # Syscalls per I/O: ublk-aot vs kublk, null and file/loop, QD1 and QD64.
+  # Syscalls per I/O: ublk-aot vs kublk, null and file/loop, at QD64 (at QD1
+  # both servers need exactly 1 (null) or 2 (file) io_uring_enter per I/O).
   for t in aot-null kublk-null aot-file kublk-loop; do
     [[ " $TARGETS " == *" $t "* ]] || continue
-    for qd in 1 64; do
+    for qd in ${BENCH_SYSCALL_QDS:-64}; do
       pre=$OUT/extra/sys.$t.qd$qd
       dev_up "$t" 1 "$pre.err" || continue
       if [[ $t == aot-* ]]; then pid=$SRV_PID; else pid=$KUBLK_PID; fi
@@ -379,6 +393,7 @@ run_extras() {
   echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "fio=$(fio --version)"
   echo "rounds=$ROUNDS"; echo "runtime=$RUNTIME"; echo "ramp=$RAMP"; echo "depth=$DEPTH"
+  echo "placement=ublk queue i on CPU i, one fio job on CPU $FIO_CPU, two fio jobs on CPUs 0 and 1"
   echo "targets=$TARGETS"; echo "workloads=$WANT_WORKLOADS"
   echo "nullblk_params=$NULLBLK_PARAMS"
   echo "file_size=$FILE_SIZE"

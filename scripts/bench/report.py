@@ -34,6 +34,7 @@ WORKLOADS = [  # name, label, big-block (MB/s instead of IOPS)
     ("sw128k-qd16", "128k seq write QD16", True),
 ]
 STATS_RE = re.compile(r"(\w+)=(-?\d+)")
+LAT_KINDS = set()  # which fio latency the percentiles came from: "lat" and/or "clat"
 
 
 def read_meta(d):
@@ -74,7 +75,10 @@ def fio_result(path):
 
 
 def job_result(job):
-    """iops, MB/s, p50 and p99 completion latency (us), total ios of one fio job, or None."""
+    """iops, MB/s, p50 and p99 latency (us), total ios of one fio job, or None.
+
+    Latency: fio's total latency (lat_ns: submission to completion) when the
+    job file asked for lat_percentiles, else the completion latency (clat)."""
     iops = bw = ios = 0.0
     p50 = p99 = None
     for d in ("read", "write"):
@@ -84,7 +88,12 @@ def job_result(job):
         iops += s["iops"]
         bw += s["bw_bytes"] / 1e6
         ios += s["total_ios"]
-        pct = s.get("clat_ns", {}).get("percentile", {})
+        pct = s.get("lat_ns", {}).get("percentile")
+        if pct:
+            LAT_KINDS.add("lat")
+        else:
+            pct = s.get("clat_ns", {}).get("percentile", {})
+            LAT_KINDS.add("clat")
         if pct:  # for a mixed run keep the slower direction
             a, b = pct.get("50.000000", 0) / 1000, pct.get("99.000000", 0) / 1000
             p50 = a if p50 is None else max(p50, a)
@@ -307,7 +316,7 @@ def render(d):
                      meta.get("fio", "fio"), rounds, meta.get("ramp", "?"), meta.get("runtime", "?"),
                      meta.get("depth", "?"), meta.get("ublk_features", "?"), meta.get("loop_dio", "?"),
                      meta.get("file_size", "?"), meta.get("mem_size", "?")))
-    ctx = [meta.get(k, "") for k in ("host", "vm")] + [host_load(d)]
+    ctx = [meta.get(k, "") for k in ("host", "vm", "placement")] + [host_load(d)]
     if meta.get("ublk_aot"):
         ctx.append(meta["ublk_aot"])
     if meta.get("kublk_build"):
@@ -318,9 +327,12 @@ def render(d):
     if ctx:
         lines += ["", "; ".join(ctx) + "."]
     lines += ["", results_table(agg, rounds), ""]
+    lat = {"lat": "fio's total latency per I/O (submission to completion)",
+           "clat": "fio's completion latency (clat: without the submission part)"}
     lines.append("vs kublk: throughput ÷ kublk's on the same workload (null for null/mem, loop for file); "
                  "vs kernel: ÷ null_blk (null, mem) or loop with direct I/O (file). "
-                 "Latencies are fio completion latencies (clat); 128k rows show MB/s (10^6 bytes). "
+                 "Latencies: " + " / ".join(lat[k] for k in sorted(LAT_KINDS)) + ", "
+                 "median over rounds of each round's percentile; 128k rows show MB/s (10^6 bytes). "
                  "(n=…) marks figures with fewer samples than rounds.")
     sl = stats_lines(stats)
     if sl:
