@@ -35,7 +35,7 @@ fi
 t0=$SECONDS
 log "host tests"
 dotnet test Ublk.Aot.Tests -c Release --no-build --filter "Category!=Integration" \
-  --logger "trx;LogFileName=host.trx" --logger "console;verbosity=normal" --results-directory "$RES" 2>&1 | grep -vE '^\s*$'
+  --logger "trx;LogFileName=host.trx" --logger "console;verbosity=normal" --results-directory "$RES" 2>&1 | grep --line-buffered -vE '^\s*$'
 [[ -s $RES/host.trx ]] || { log "host tests produced no results"; extra_failed=$((extra_failed + 1)); }
 log "host tests took $((SECONDS - t0)) s"
 
@@ -50,7 +50,7 @@ if [[ ${UBLK_HOST_ONLY:-0} != 1 ]]; then
     [[ -n ${UBLK_TEST_FILTER:-} ]] && filter="$filter&${UBLK_TEST_FILTER}"
     log "VM integration suite (one boot; filter $filter)"
     VM_CPUS=${VM_CPUS:-4} scripts/vm-run.sh -w "$ROOT" -- dotnet test Ublk.Aot.Tests -c Release --no-build \
-      --filter "$filter" --logger "trx;LogFileName=vm.trx" --logger "console;verbosity=normal" --results-directory "$RES" 2>&1 | grep -vE '^\s*$'
+      --filter "$filter" --logger "trx;LogFileName=vm.trx" --logger "console;verbosity=normal" --results-directory "$RES" 2>&1 | grep --line-buffered -vE '^\s*$'
     vm_rc=${PIPESTATUS[0]}
     if [[ ! -s $RES/vm.trx ]]; then
       log "FAILED: the VM suite reported no results (vm-run exit $vm_rc; 125 = the VM died)"

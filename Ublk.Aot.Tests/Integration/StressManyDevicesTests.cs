@@ -19,7 +19,7 @@ namespace Ublk.Aot.Tests.Integration;
 [Collection(UblkCollection.Name), Trait("Category", "Integration")]
 public sealed class StressManyDevicesTests(ITestOutputHelper output)
 {
-    private const long MiB = 1 << 20;
+    private const int Region = 256 * 1024; // per device, written and verified
 
     [Fact]
     public void Many_devices_with_writers_stopped_in_parallel()
@@ -59,6 +59,8 @@ public sealed class StressManyDevicesTests(ITestOutputHelper output)
             StressThreads.AssertAllEnd(threads, TimeSpan.FromMinutes(5), "creating " + n + " devices", Environment.ProcessId);
             StressThreads.AssertNoErrors(createErrors, "creating " + n + " devices");
             long createMs = sw.ElapsedMilliseconds;
+            var phases = new List<string> { "create " + createMs + " ms" };
+            void Phase(string name) { phases.Add(name + " " + sw.ElapsedMilliseconds + " ms"); sw.Restart(); }
             Assert.Equal(n, devs.Select(d => d!.Id).Distinct().Count());
             Assert.True(StressKernel.WaitUntil(() => devs.All(d => System.IO.File.Exists(d!.Path)), 30_000),
                 "block nodes missing: " + string.Join(", ", devs.Where(d => !System.IO.File.Exists(d!.Path)).Select(d => d!.Path)));
@@ -79,18 +81,21 @@ public sealed class StressManyDevicesTests(ITestOutputHelper output)
                 limit = "ublks_max=" + n + " refused device " + (n + 1) + ": " + e.Message;
             }
             StressKernel.UblksMax = Math.Max(oldMax, n + 16);
+            sw.Restart();
 
-            // Phase 1: every device gets its own verified writer; afterwards each store holds its own writer's data only.
-            TimeSpan duration = StressKnobs.Duration("UBLK_STRESS_IO_DURATION", TimeSpan.FromSeconds(3));
-            var verified = new StressWorkload { MaxLength = 64 * 1024, WritePercent = 60, Duration = duration };
+            // Phase 1: every device gets its own verified writer (a fixed number of calls: under emulation 80 devices
+            // share a few slow vCPUs); afterwards each store holds its own writer's data only.
+            int calls = StressKnobs.Count("UBLK_STRESS_DEVICE_OPS", 40);
+            var verified = new StressWorkload { MaxLength = 32 * 1024, WritePercent = 60, MaxOps = calls };
             var ws = new StressWorker[n];
-            for (int i = 0; i < n; i++) { ws[i] = new StressWorker(i, devs[i]!.Path, 0, 1 * MiB, verified, seed + i); ws[i].Start(); }
-            StressThreads.AssertAllEnd(ws.Select(w => w.Thread), duration + TimeSpan.FromMinutes(3), "writers on " + n + " devices", Environment.ProcessId);
+            for (int i = 0; i < n; i++) { ws[i] = new StressWorker(i, devs[i]!.Path, 0, Region, verified, seed + i); ws[i].Start(); }
+            StressThreads.AssertAllEnd(ws.Select(w => w.Thread), TimeSpan.FromMinutes(5), "writers on " + n + " devices", Environment.ProcessId);
             foreach (StressWorker w in ws) Assert.True(w.Failure == null, w.Failure);
             long ops = ws.Sum(w => w.Ops);
+            Phase("verified writers");
             for (int i = 0; i < n; i++)
             {
-                ReadOnlySpan<byte> store = devs[i]!.Store.Slice(0, (int)MiB);
+                ReadOnlySpan<byte> store = devs[i]!.Store.Slice(0, Region);
                 Assert.True(store.SequenceEqual(ws[i].Shadow),
                     "cross-device check: " + StressWorker.MismatchMessage(devs[i]!.Path + "'s mem store", 0, ws[i].Shadow, store));
                 Assert.True(ws[i].Writes > 0, ws[i].Summary);
@@ -98,10 +103,11 @@ public sealed class StressManyDevicesTests(ITestOutputHelper output)
 
             // Phase 2: writers running again, then every device stopped at once, each by its own thread.
             StressWorker[] racing = new StressWorker[n];
-            var stopping = new StressWorkload { MaxLength = 64 * 1024, WritePercent = 60, ErrorsEnd = true, FinalVerify = false };
-            for (int i = 0; i < n; i++) { racing[i] = new StressWorker(i, devs[i]!.Path, 0, 1 * MiB, stopping, seed + 1000 + i, ws[i].Shadow); racing[i].Start(); }
-            StressKernel.WaitUntil(() => racing.All(w => w.Ops > 5 || w.EndedBy != null || w.Failure != null), 60_000);
-            sw.Restart();
+            var stopping = new StressWorkload { MaxLength = 32 * 1024, WritePercent = 60, ErrorsEnd = true, FinalVerify = false };
+            for (int i = 0; i < n; i++) { racing[i] = new StressWorker(i, devs[i]!.Path, 0, Region, stopping, seed + 1000 + i, ws[i].Shadow); racing[i].Start(); }
+            StressKernel.WaitUntil(() => racing.Count(w => w.Ops > 0 || w.EndedBy != null || w.Failure != null) >= n * 3 / 4, 30_000);
+            Phase("writers warm-up");
+            var disposeMs = new long[n];
             var disposeErrors = new Exception?[n];
             var disposers = new Thread[n];
             using (var barrier = new Barrier(n))
@@ -112,18 +118,26 @@ public sealed class StressManyDevicesTests(ITestOutputHelper output)
                     disposers[i] = StressThreads.Start("dispose" + i, () =>
                     {
                         barrier.SignalAndWait();
+                        var t = Stopwatch.StartNew();
                         try { devs[me]!.Device.Dispose(); } catch (Exception e) { disposeErrors[me] = e; }
+                        disposeMs[me] = t.ElapsedMilliseconds;
                     });
                 }
+                // A slow stop is worth a look at where the threads wait, even when it ends in time.
+                if (StressThreads.JoinAll(disposers, TimeSpan.FromSeconds(60)).Count > 0)
+                    output.WriteLine("stop still running after 60 s; kernel stacks:\n" + StressKernel.Diagnostics(Environment.ProcessId));
                 StressThreads.AssertAllEnd(disposers, TimeSpan.FromMinutes(3), "parallel stop of " + n + " devices", Environment.ProcessId);
             }
             long stopMs = sw.ElapsedMilliseconds;
+            Phase("parallel stop (Dispose " + disposeMs.Min() + ".." + disposeMs.Max() + " ms, mean " + (long)disposeMs.Average() + ")");
             StressThreads.AssertNoErrors(disposeErrors, "parallel stop of " + n + " devices");
             StressThreads.AssertAllEnd(racing.Select(w => w.Thread), TimeSpan.FromSeconds(60), "writers after their devices stopped", Environment.ProcessId);
             foreach (StressWorker w in racing) Assert.True(w.Failure == null, w.Failure);
+            Phase("writers end");
             foreach (StressLibDevice? d in devs) d!.Spec.Dispose();
             AssertNoDevices(30_000);
-            output.WriteLine(n + " devices: created in " + createMs + " ms, " + ops + " verified ops, all stopped in parallel in " + stopMs + " ms; " + limit);
+            Phase("devices gone");
+            output.WriteLine(n + " devices: created in " + createMs + " ms, " + ops + " verified ops, all stopped in parallel in " + stopMs + " ms; " + limit + "\nphases: " + string.Join(", ", phases));
             Array.Clear(devs);
         }
         finally

@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Globalization;
 using System.IO;
+using System.Linq;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Threading;
@@ -20,7 +21,7 @@ namespace Ublk.Aot.Tests.Integration;
 /// <item>Durations (a number with s, m or h): UBLK_TORTURE_DURATION (25s per backend), UBLK_ORDERING_DURATION (10s per
 /// backend), UBLK_STRESS_IO_DURATION (3s of I/O before a stop; the chain's torture runs twice that).</item>
 /// <item>Counts: UBLK_CHURN_CYCLES (20 serve cycles; the in-process churn runs twice that), UBLK_STRESS_DEVICES (80 devices
-/// at once), UBLK_FAULT_OPS (2000 single-block calls per fault run), UBLK_STRESS_ROUNDS (3 concurrent-Dispose rounds),
+/// at once) and UBLK_STRESS_DEVICE_OPS (40 verified calls on each of them), UBLK_FAULT_OPS (2000 single-block calls per fault run), UBLK_STRESS_ROUNDS (3 concurrent-Dispose rounds),
 /// UBLK_STRESS_SERVERS (6 servers stopped at once).</item>
 /// <item>UBLK_STRESS_SEED: fixes the random seeds (otherwise fresh each run, printed in every failure).</item>
 /// </list>
@@ -233,10 +234,35 @@ internal static class StressKernel
         Assert.Fail(msg.ToString());
     }
 
-    /// <summary>Kernel stacks of a process's threads and the tail of the kernel log, for hang messages.</summary>
+    /// <summary>
+    /// Kernel stacks of a process's threads, identical stacks grouped (with the thread names), and the tail of the
+    /// kernel log: for hang messages.
+    /// </summary>
     public static string Diagnostics(int pid)
-        => IntegrationEnv.Sh("for t in /proc/" + pid + "/task/*; do echo \"== $t $(cat $t/comm)\"; cat $t/stack; done 2>/dev/null | head -120; dmesg | tail -30",
-            60_000, check: false).Out;
+    {
+        var groups = new Dictionary<string, List<string>>();
+        string[] tasks;
+        try { tasks = Directory.GetDirectories("/proc/" + pid + "/task"); }
+        catch (IOException) { return "process " + pid + " is gone"; }
+        foreach (string task in tasks)
+        {
+            string comm, stack;
+            try
+            {
+                comm = File.ReadAllText(Path.Combine(task, "comm")).Trim();
+                stack = File.ReadAllText(Path.Combine(task, "stack"));
+            }
+            catch (IOException) { continue; }
+            if (!groups.TryGetValue(stack, out List<string>? names)) groups[stack] = names = new List<string>();
+            names.Add(comm);
+        }
+        var sb = new StringBuilder("kernel stacks of process " + pid + ":\n");
+        foreach (var (stack, names) in groups)
+            sb.Append("== ").Append(names.Count).Append(" thread(s): ").Append(string.Join(" ", names.Take(12)))
+              .Append(names.Count > 12 ? " …" : "").Append('\n').Append(stack);
+        sb.Append("dmesg:\n").Append(IntegrationEnv.Sh("dmesg | tail -30", 30_000, check: false).Out);
+        return sb.ToString();
+    }
 }
 
 /// <summary>What one process holds: fds (with their targets), mappings, threads and virtual size.</summary>

@@ -20,6 +20,8 @@ internal sealed class StressWorkload
     public int DiscardPercent { get; init; }
     public int FsyncPercent { get; init; }
     public TimeSpan Duration { get; init; } = TimeSpan.FromDays(1);
+    /// <summary>Stop after this many operations (or the duration, whichever comes first).</summary>
+    public long MaxOps { get; init; } = long.MaxValue;
     /// <summary>Re-read and compare the whole region this often (never when zero), and once at the end.</summary>
     public TimeSpan VerifyEvery { get; init; }
     public bool FinalVerify { get; init; } = true;
@@ -119,7 +121,7 @@ internal sealed class StressWorker
             var deadline = Stopwatch.StartNew();
             var sinceVerify = Stopwatch.StartNew();
             long region = Shadow.Length;
-            while (!_stop && deadline.Elapsed < _w.Duration)
+            while (!_stop && deadline.Elapsed < _w.Duration && Ops < _w.MaxOps)
             {
                 int len = Length(rnd, region);
                 long off = rnd.NextInt64(0, (region - len) / _w.Align + 1) * _w.Align;

@@ -325,9 +325,9 @@ iops_of() {
 }
 
 # ------------------------------------------------------------- extras
-# The server's syscalls during one fio run: perf stat on the syscall
-# tracepoints, per thread, for exactly the fio run (perf stat -p PID -- fio);
-# strace -c -f when perf cannot (strace slows the server much more).
+# The server's syscalls and CPU time during one fio run: perf stat on the
+# syscall tracepoints and task-clock, per thread, for exactly the fio run
+# (perf stat -p PID -- fio); strace -c -f (syscalls only) when perf cannot.
 count_syscalls() {   # count_syscalls PID OUTPREFIX DEV SECONDS JOBS-TEXT
   local pid=$1 pre=$2; shift 2
   local tool=none spid rc
@@ -337,7 +337,7 @@ count_syscalls() {   # count_syscalls PID OUTPREFIX DEV SECONDS JOBS-TEXT
     tool=perf
     # shellcheck disable=SC2054  # "-x," is perf's CSV separator option
     FIO_WRAP=(perf stat --per-thread -x, -o "$pre.perf"
-              -e 'raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter' -p "$pid" --)
+              -e 'task-clock,raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter' -p "$pid" --)
     run_fio "$pre.json" "$@"; rc=$?
     FIO_WRAP=()
   elif command -v strace >/dev/null; then

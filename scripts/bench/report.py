@@ -207,7 +207,7 @@ def perf_counts(path):
                     continue
                 thread, val, ev = parts[0], parts[1], parts[3]
                 try:
-                    n = int(float(val))
+                    n = float(val)  # task-clock: msec; the tracepoints: counts
                 except ValueError:
                     continue
                 per.setdefault(thread, {})[ev] = n
@@ -246,15 +246,18 @@ def syscalls_table(d):
             allsys = sum(v.get("raw_syscalls:sys_enter", 0) for v in per.values())
             enter = sum(v.get("syscalls:sys_enter_io_uring_enter", 0) for v in per.values())
             busiest = max(per.items(), key=lambda kv: kv[1].get("raw_syscalls:sys_enter", 0))
+            cpu_ms = sum(v.get("task-clock", 0) for v in per.values())
+            cpu = f"{cpu_ms * 1000 / fr['ios']:.1f}" if cpu_ms else "–"
             st = aot_stats(pre + ".err") if t.startswith("aot-") else None
             lp = f"{st['loops'] / st['ios']:.3f}" if st and st["ios"] else ""
-            rows.append("| {} | {} | {:,.0f} | {:,.0f} | {:,} | {:.3f} | {:.3f} | {} | {} |".format(
+            rows.append("| {} | {} | {:,.0f} | {:,.0f} | {:,.0f} | {:.3f} | {:.3f} | {} | {} | {} |".format(
                 LABEL[t], f"4k randread QD{qd}", fr["iops"], fr["ios"], allsys, allsys / fr["ios"],
-                enter / fr["ios"], lp, f"{tool}; busiest thread {busiest[0]}: {busiest[1].get('raw_syscalls:sys_enter', 0):,}"))
+                enter / fr["ios"], lp, cpu,
+                f"{tool}; busiest thread {busiest[0]}: {busiest[1].get('raw_syscalls:sys_enter', 0):,.0f}"))
     if not rows:
         return ""
-    return "\n".join(["| server | workload | IOPS | I/Os | syscalls | syscalls/IO | io_uring_enter/IO | loops/IO (--stats) | counted with |",
-                      "|---|---|--:|--:|--:|--:|--:|--:|---|"] + rows)
+    return "\n".join(["| server | workload | IOPS | I/Os | syscalls | syscalls/IO | io_uring_enter/IO | loops/IO (--stats) | server CPU µs/IO | counted with |",
+                      "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"] + rows)
 
 
 def gc_line(d):
@@ -331,7 +334,7 @@ def render(d):
            "clat": "fio's completion latency (clat: without the submission part)"}
     lines.append("vs kublk: throughput ÷ kublk's on the same workload (null for null/mem, loop for file); "
                  "vs kernel: ÷ null_blk (null, mem) or loop with direct I/O (file). "
-                 "Latencies: " + " / ".join(lat[k] for k in sorted(LAT_KINDS)) + ", "
+                 "Latencies: " + (" / ".join(lat[k] for k in sorted(LAT_KINDS)) or "none") + ", "
                  "median over rounds of each round's percentile; 128k rows show MB/s (10^6 bytes). "
                  "(n=…) marks figures with fewer samples than rounds.")
     sl = stats_lines(stats)
@@ -340,7 +343,7 @@ def render(d):
                   "serving the whole matrix; loops = queue-loop iterations, one io_uring_enter each):", "", sl]
     sc = syscalls_table(d)
     if sc:
-        lines += ["", "Server syscalls during one 5 s fio run (no ramp), all threads of the server process:", "", sc]
+        lines += ["", "Server syscalls and CPU time (perf task-clock) during one 5 s fio run (no ramp), all threads of the server process:", "", sc]
     g = gc_line(d)
     if g:
         lines += ["", "GC: " + g]
