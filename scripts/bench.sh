@@ -30,7 +30,7 @@
 #   BENCH_NATIVE (0)    1: run the matrix on this host (root; its kernel must
 #                       have ublk_drv, null_blk and loop) instead of in a VM
 #   BENCH_ROUNDS (3) BENCH_RUNTIME (4) BENCH_RAMP (1) BENCH_TARGETS
-#   BENCH_WORKLOADS BENCH_EXTRAS BENCH_FILE_SIZE BENCH_MEM_SIZE
+#   BENCH_WORKLOADS BENCH_EXTRAS BENCH_SYSCALL_QDS BENCH_FILE_SIZE BENCH_MEM_SIZE
 #                       passed to scripts/bench/matrix.sh (see its header)
 #   VM_MEM (4G) VM_TIMEOUT (3000) VM_KERNEL         passed to vm-run.sh
 set -euo pipefail
@@ -202,7 +202,7 @@ run_matrix() {
     (
       cd "$run"
       export VM_TCG_THREAD=multi VM_CPUS=2 VM_MEM VM_TIMEOUT=${VM_TIMEOUT:-3000}
-      export VM_PASSENV="BENCH_ROUNDS BENCH_RUNTIME BENCH_RAMP BENCH_TARGETS BENCH_WORKLOADS BENCH_EXTRAS BENCH_FILE_SIZE BENCH_MEM_SIZE"
+      export VM_PASSENV="BENCH_ROUNDS BENCH_RUNTIME BENCH_RAMP BENCH_TARGETS BENCH_WORKLOADS BENCH_EXTRAS BENCH_FILE_SIZE BENCH_MEM_SIZE BENCH_SYSCALL_QDS"
       exec "$ROOT/scripts/vm-run.sh" -w "$run" -- bash "$run/matrix.sh" "$run"
     ) || rc=$?
   fi
@@ -227,6 +227,11 @@ record_context() {
 }
 
 # ------------------------------------------------------------------ main
+case ${1:-} in
+  "") ;;
+  -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
+  *) echo "usage: scripts/bench.sh (settings through the BENCH_* variables; -h for help)" >&2; exit 2 ;;
+esac
 prerequisites
 mkdir -p "$BENCH_CACHE/runs" "$KUBLK_DIR"
 with_lock "$BENCH_CACHE/.kublk.lock" build_kublk
@@ -236,7 +241,9 @@ log "kublk: $(tr '\n' ' ' < "$KUBLK_DIR/current/BUILD-INFO" | cut -c1-160)"
 run=$BENCH_CACHE/runs/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$run"
 SAMPLER_PID=""
-trap '[[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null; true' EXIT
+trap 'if [[ -n $SAMPLER_PID ]]; then kill "$SAMPLER_PID" 2>/dev/null || true; fi' EXIT
+trap 'log "interrupted; raw data so far: $run"; exit 130' INT
+trap 'log "terminated; raw data so far: $run"; exit 143' TERM
 status=0
 run_matrix "$run" || status=$?
 record_context "$run"
