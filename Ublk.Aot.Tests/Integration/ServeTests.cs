@@ -207,6 +207,98 @@ public sealed class ServeTests
     }
 
     [Fact]
+    public void Idle_queue_gives_its_buffer_pages_back()
+    {
+        // 24 tags x 256 KiB = 6 MiB of tag buffers; fio at depth 24 with 256 KiB writes touches all of them.
+        using ServerProcess s = ServerProcess.Start("--backend mem:64M --queues 1 --depth 24 --max-io 256K --idle-release 1 --stats");
+        string common = " --name=idle --filename=" + s.DevicePath + " --ioengine=io_uring --direct=1 --rw=write --bs=256k --iodepth=24 --size=48M" +
+            " --verify=crc32c --verify_fatal=1 --output-format=terse --terse-version=3";
+        Result w = Run("fio", common + " --do_verify=0", 600_000);
+        Assert.True(w.Code == 0, "fio write failed: " + w);
+        long busy = RssAnonKiB(s.Pid);
+        // Released at the first tick with no request since the tick before: within 1-2 s of the last I/O.
+        long idle = busy;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (clock.ElapsedMilliseconds < 20_000 && busy - idle < 4096)
+        {
+            System.Threading.Thread.Sleep(250);
+            idle = RssAnonKiB(s.Pid);
+        }
+        Assert.True(busy - idle >= 4096, "RssAnon of serve went from " + busy + " KiB (just after the writes) to " + idle + " KiB " +
+            clock.ElapsedMilliseconds + " ms later: the idle queue did not give its ~6 MiB of buffers back");
+        // The buffers fault in again on the next request, and the data is intact.
+        Result v = Run("fio", common + " --verify_only", 600_000);
+        Assert.True(v.Code == 0, "fio verify after the buffers were released failed: " + v);
+        Assert.Equal(0, s.Stop());
+        Assert.True(s.StatSum("idle_releases") >= 1 && s.StatSum("errors") == 0, s.Stderr);
+    }
+
+    [Fact]
+    public void File_backend_with_fixed_buffers_verifies_and_never_releases_them()
+    {
+        string dir = TempDir("fixedbuf");
+        string img = Path.Combine(dir, "fb.img");
+        File.Delete(img);
+        using (ServerProcess s = ServerProcess.Start("--backend file:" + img + ",size=128M --queues 2 --depth 32 --max-io 256K --fixed-buffers --idle-release 1 --stats"))
+        {
+            // Registration pins every buffer: 2 queues x 32 x 256 KiB = 16 MiB resident from the start.
+            long rss = RssAnonKiB(s.Pid);
+            Assert.True(rss >= 16 * 1024, "RssAnon " + rss + " KiB: the registered buffers should be resident (16 MiB)");
+            string common = " --filename=" + s.DevicePath + " --ioengine=io_uring --direct=1 --verify=crc32c --verify_fatal=1 --do_verify=1" +
+                " --group_reporting --output-format=terse --terse-version=3";
+            Result r = Run("fio", "--name=fixed --rw=randwrite --bsrange=4k-256k --iodepth=32 --numjobs=2 --offset_increment=64M --size=24M" + common, 600_000);
+            Assert.True(r.Code == 0, "fio verify with --fixed-buffers failed: " + r);
+            System.Threading.Thread.Sleep(2500); // idle past --idle-release: must not release pinned buffers
+            Result again = Run("fio", "--name=fixed --rw=randwrite --bsrange=4k-256k --iodepth=32 --numjobs=2 --offset_increment=64M --size=24M" + common, 600_000);
+            Assert.True(again.Code == 0, "fio verify with --fixed-buffers after an idle period failed: " + again);
+            Assert.Equal(0, s.Stop());
+            Assert.True(s.StatSum("errors") == 0 && s.StatSum("idle_releases") == 0 && s.StatSum("alloc_bytes") == 0, s.Stderr);
+        }
+        Directory.Delete(dir, true);
+    }
+
+    [Fact]
+    public void Huge_buffers_sit_on_transparent_huge_pages()
+    {
+        string thp = File.ReadAllText("/sys/kernel/mm/transparent_hugepage/enabled").Trim();
+        Assert.False(thp.Contains("[never]"), "transparent huge pages are off in this kernel (" + thp + "): cannot check --huge-buffers");
+        // 8 tags x 1 MiB = 8 MiB of buffers on a 2 MiB boundary; 1 MiB writes at depth 8 touch all of them.
+        using ServerProcess s = ServerProcess.Start("--backend null:64M --queues 1 --depth 8 --max-io 1M --huge-buffers --stats");
+        Result w = Run("fio", "--name=huge --filename=" + s.DevicePath + " --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=8 --size=48M" +
+            " --output-format=terse --terse-version=3", 600_000);
+        Assert.True(w.Code == 0, "fio write failed: " + w);
+        // The buffer area is the mapping madvise(MADV_HUGEPAGE) marked ("hg" in VmFlags).
+        string smaps = File.ReadAllText("/proc/" + s.Pid + "/smaps");
+        long huge = -1;
+        string? header = null;
+        long vmaHuge = 0;
+        foreach (string line in smaps.Split('\n'))
+        {
+            if (line.Length > 0 && char.IsAsciiHexDigit(line[0]) && line.Contains('-')) { header = line; vmaHuge = 0; }
+            else if (line.StartsWith("AnonHugePages:", StringComparison.Ordinal)) vmaHuge = long.Parse(line.AsSpan(14).Trim().TrimEnd("kB").Trim());
+            else if (line.StartsWith("VmFlags:", StringComparison.Ordinal) && (" " + line.Substring(8) + " ").Contains(" hg "))
+            {
+                Assert.True(huge < 0, "more than one MADV_HUGEPAGE mapping in serve: " + header);
+                huge = vmaHuge;
+                ulong start = Convert.ToUInt64(header!.Substring(0, header.IndexOf('-')), 16);
+                Assert.True(start % (2 << 20) == 0, "the huge-page buffer mapping does not start on a 2 MiB boundary: " + header);
+            }
+        }
+        Assert.True(huge >= 0, "serve --huge-buffers has no MADV_HUGEPAGE mapping");
+        Assert.True(huge >= 2048, "the buffer mapping has " + huge + " KiB of AnonHugePages after 48 MiB of 1 MiB writes (THP: " + thp + ")");
+        Assert.Equal(0, s.Stop());
+        Assert.True(s.StatSum("errors") == 0, s.Stderr);
+    }
+
+    private static long RssAnonKiB(int pid)
+    {
+        foreach (string line in File.ReadAllLines("/proc/" + pid + "/status"))
+            if (line.StartsWith("RssAnon:", StringComparison.Ordinal))
+                return long.Parse(line.AsSpan(8).Trim().TrimEnd("kB").Trim());
+        throw new InvalidOperationException("no RssAnon in /proc/" + pid + "/status");
+    }
+
+    [Fact]
     public void Read_only_device_rejects_writes()
     {
         using ServerProcess s = ServerProcess.Start("--backend mem:16M --read-only --cpus 1 --stats");

@@ -36,7 +36,7 @@ public sealed class StressLifecycleTests(ITestOutputHelper output)
         {
             string spec = i % 2 == 0 ? "mem:32M" : "file:" + img + ",size=32M";
             using ServerProcess s = ServerProcess.Start("--backend " + spec + " --queues " + (1 + i % 4));
-            RoundTrip(s.DevicePath, i);
+            StressIo.RoundTrip(s.DevicePath, i);
             int code = s.Stop();
             Assert.True(code == 0, "cycle " + i + ": serve exit " + code + "\n" + s.Stderr);
             Assert.True(StressKernel.WaitGone((uint)s.Id, 10_000), "cycle " + i + ": ublk device " + s.Id + " still there after serve exited");
@@ -66,7 +66,7 @@ public sealed class StressLifecycleTests(ITestOutputHelper output)
             string spec = i % 2 == 0 ? "mem:16M" : "file:" + img + ",size=16M";
             var dev = StressLibDevice.Create(ctrl, spec, new DeviceOptions { Queues = 1 + i % 2, Depth = 32 });
             uint id = dev.Id;
-            try { RoundTrip(dev.Path, i); }
+            try { StressIo.RoundTrip(dev.Path, i); }
             finally { dev.Dispose(); }
             Assert.True(StressKernel.WaitGone(id, 10_000), "cycle " + i + ": ublk device " + id + " still there after Dispose");
         }
@@ -196,7 +196,7 @@ public sealed class StressLifecycleTests(ITestOutputHelper output)
             for (int i = 0; i < n; i++)
             {
                 servers.Add(ServerProcess.Start("--backend mem:16M --queues " + (1 + i % 2)));
-                RoundTrip(servers[i].DevicePath, i);
+                StressIo.RoundTrip(servers[i].DevicePath, i);
             }
             foreach (ServerProcess s in servers) s.Signal(15);
             foreach (ServerProcess s in servers)
@@ -272,7 +272,7 @@ public sealed class StressLifecycleTests(ITestOutputHelper output)
             catch (UblkException e) when (e.Errno == Errno.EEXIST && wait.ElapsedMilliseconds < 10_000) { Thread.Sleep(100); }
         }
         output.WriteLine("id " + id + " free again " + wait.ElapsedMilliseconds + " ms after the holder closed");
-        try { RoundTrip(again.Path, 1); }
+        try { StressIo.RoundTrip(again.Path, 1); }
         finally { again.Dispose(); }
         AssertNoDevices();
     }
@@ -301,16 +301,5 @@ public sealed class StressLifecycleTests(ITestOutputHelper output)
             Assert.True(w.EndedBy != null, w.Name + ": its calls kept succeeding after the device was stopped");
             Assert.True(w.Ops > 0, w.Name + ": no call succeeded before the stop");
         }
-    }
-
-    internal static void RoundTrip(string path, int seed)
-    {
-        using var d = new BlockDevice(path);
-        var data = new byte[64 * 1024];
-        new Random(seed).NextBytes(data);
-        long off = 4096L * (seed % 64);
-        d.Write(data, off);
-        byte[] got = d.Read(data.Length, off);
-        Assert.True(data.AsSpan().SequenceEqual(got), BlockDevice.Diff(path, off, data, got));
     }
 }

@@ -32,6 +32,10 @@ public sealed class StressManyDevicesTests(ITestOutputHelper output)
         const int creators = 4;
         var ctrls = new UblkControl[creators];
         var devs = new StressLibDevice?[n];
+        var fds = new int[n];
+        Array.Fill(fds, -1);
+        var go = new ManualResetEventSlim(false);      // releases the phase-2 writers
+        var stopNow = new ManualResetEventSlim(false); // releases the disposers
         try
         {
             StressKernel.UblksMax = Math.Max(oldMax, n + 16);
@@ -88,7 +92,12 @@ public sealed class StressManyDevicesTests(ITestOutputHelper output)
             int calls = StressKnobs.Count("UBLK_STRESS_DEVICE_OPS", 40);
             var verified = new StressWorkload { MaxLength = 32 * 1024, WritePercent = 60, MaxOps = calls };
             var ws = new StressWorker[n];
-            for (int i = 0; i < n; i++) { ws[i] = new StressWorker(i, devs[i]!.Path, 0, Region, verified, seed + i); ws[i].Start(); }
+            for (int i = 0; i < n; i++)
+            {
+                fds[i] = StressIo.OpenDirect(devs[i]!.Path);
+                Assert.True(fds[i] >= 0, "open " + devs[i]!.Path + ": " + Errno.Name(fds[i]));
+            }
+            for (int i = 0; i < n; i++) { ws[i] = new StressWorker(i, devs[i]!.Path, 0, Region, verified, seed + i, fd: fds[i]); ws[i].Start(); }
             StressThreads.AssertAllEnd(ws.Select(w => w.Thread), TimeSpan.FromMinutes(5), "writers on " + n + " devices", Environment.ProcessId);
             foreach (StressWorker w in ws) Assert.True(w.Failure == null, w.Failure);
             long ops = ws.Sum(w => w.Ops);
@@ -101,39 +110,42 @@ public sealed class StressManyDevicesTests(ITestOutputHelper output)
                 Assert.True(ws[i].Writes > 0, ws[i].Summary);
             }
 
-            // Phase 2: writers running again, then every device stopped at once, each by its own thread.
+            // Phase 2: writers running again, then every device stopped at once, each by its own thread. All threads are
+            // started before any I/O and then released by gates: starting threads is slow once I/O saturates the vCPUs.
             StressWorker[] racing = new StressWorker[n];
             var stopping = new StressWorkload { MaxLength = 32 * 1024, WritePercent = 60, ErrorsEnd = true, FinalVerify = false };
-            for (int i = 0; i < n; i++) { racing[i] = new StressWorker(i, devs[i]!.Path, 0, Region, stopping, seed + 1000 + i, ws[i].Shadow); racing[i].Start(); }
-            StressKernel.WaitUntil(() => racing.Count(w => w.Ops > 0 || w.EndedBy != null || w.Failure != null) >= n * 3 / 4, 30_000);
-            Phase("writers warm-up");
+            for (int i = 0; i < n; i++) { racing[i] = new StressWorker(i, devs[i]!.Path, 0, Region, stopping, seed + 1000 + i, ws[i].Shadow, fds[i]); racing[i].Start(go); }
             var disposeMs = new long[n];
             var disposeErrors = new Exception?[n];
             var disposers = new Thread[n];
-            using (var barrier = new Barrier(n))
+            for (int i = 0; i < n; i++)
             {
-                for (int i = 0; i < n; i++)
+                int me = i;
+                disposers[i] = StressThreads.Start("dispose" + i, () =>
                 {
-                    int me = i;
-                    disposers[i] = StressThreads.Start("dispose" + i, () =>
-                    {
-                        barrier.SignalAndWait();
-                        var t = Stopwatch.StartNew();
-                        try { devs[me]!.Device.Dispose(); } catch (Exception e) { disposeErrors[me] = e; }
-                        disposeMs[me] = t.ElapsedMilliseconds;
-                    });
-                }
-                // A slow stop is worth a look at where the threads wait, even when it ends in time.
-                if (StressThreads.JoinAll(disposers, TimeSpan.FromSeconds(60)).Count > 0)
-                    output.WriteLine("stop still running after 60 s; kernel stacks:\n" + StressKernel.Diagnostics(Environment.ProcessId));
-                StressThreads.AssertAllEnd(disposers, TimeSpan.FromMinutes(3), "parallel stop of " + n + " devices", Environment.ProcessId);
+                    stopNow.Wait();
+                    var t = Stopwatch.StartNew();
+                    try { devs[me]!.Device.Dispose(); } catch (Exception e) { disposeErrors[me] = e; }
+                    disposeMs[me] = t.ElapsedMilliseconds;
+                });
             }
+            Phase("threads started");
+            go.Set();
+            StressKernel.WaitUntil(() => racing.Count(w => w.Ops > 0 || w.EndedBy != null || w.Failure != null) >= n * 3 / 4, 30_000);
+            Phase("writers warm-up");
+            stopNow.Set();
+            // A slow stop is worth a look at where the threads wait, even when it ends in time.
+            if (StressThreads.JoinAll(disposers, TimeSpan.FromSeconds(60)).Count > 0)
+                output.WriteLine("stop still running after 60 s; kernel stacks:\n" + StressKernel.Diagnostics(Environment.ProcessId));
+            StressThreads.AssertAllEnd(disposers, TimeSpan.FromMinutes(3), "parallel stop of " + n + " devices", Environment.ProcessId);
             long stopMs = sw.ElapsedMilliseconds;
             Phase("parallel stop (Dispose " + disposeMs.Min() + ".." + disposeMs.Max() + " ms, mean " + (long)disposeMs.Average() + ")");
             StressThreads.AssertNoErrors(disposeErrors, "parallel stop of " + n + " devices");
             StressThreads.AssertAllEnd(racing.Select(w => w.Thread), TimeSpan.FromSeconds(60), "writers after their devices stopped", Environment.ProcessId);
             foreach (StressWorker w in racing) Assert.True(w.Failure == null, w.Failure);
             Phase("writers end");
+            foreach (int fd in fds) Libc.Close(fd);
+            Array.Fill(fds, -1);
             foreach (StressLibDevice? d in devs) d!.Spec.Dispose();
             AssertNoDevices(30_000);
             Phase("devices gone");
@@ -142,6 +154,9 @@ public sealed class StressManyDevicesTests(ITestOutputHelper output)
         }
         finally
         {
+            go.Set();
+            stopNow.Set(); // on a failure, parked threads must not stay parked
+            foreach (int fd in fds) if (fd >= 0) Libc.Close(fd);
             foreach (StressLibDevice? d in devs) d?.Dispose();
             foreach (UblkControl? c in ctrls) c?.Dispose();
             if (KernelDevices().Length > 0) UblkAot("del --all", 120_000);

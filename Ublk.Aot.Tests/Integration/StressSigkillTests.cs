@@ -75,7 +75,7 @@ public sealed class StressSigkillTests(ITestOutputHelper output)
             using (ServerProcess fresh = ServerProcess.Start("--backend mem:16M"))
             {
                 Assert.NotEqual(s.Id, fresh.Id);
-                RoundTrip(fresh.DevicePath);
+                StressIo.RoundTrip(fresh.DevicePath, 3);
                 Assert.Equal(0, fresh.Stop());
             }
 
@@ -87,7 +87,7 @@ public sealed class StressSigkillTests(ITestOutputHelper output)
             // The id is free again: a server can take exactly that id.
             using (ServerProcess again = ServerProcess.Start("--backend mem:16M --id " + id))
             {
-                RoundTrip(again.DevicePath);
+                StressIo.RoundTrip(again.DevicePath, 4);
                 Assert.Equal(0, again.Stop());
             }
             AssertNoDevices();
@@ -108,15 +108,5 @@ public sealed class StressSigkillTests(ITestOutputHelper output)
             if (e.GetProperty("id").GetUInt32() == id) return e.Clone();
         Assert.Fail("device " + id + " is not listed: " + l.Out);
         return default;
-    }
-
-    private static void RoundTrip(string path)
-    {
-        using var d = new BlockDevice(path);
-        var data = new byte[64 * 1024];
-        new Random(3).NextBytes(data);
-        d.Write(data, 4096);
-        byte[] got = d.Read(data.Length, 4096);
-        Assert.True(data.AsSpan().SequenceEqual(got), BlockDevice.Diff(path, 4096, data, got));
     }
 }

@@ -42,6 +42,7 @@ internal sealed class StressWorkload
 internal sealed class StressWorker
 {
     private readonly string _device;
+    private readonly int _fd;
     private readonly long _start;
     private readonly StressWorkload _w;
     private readonly int _seed;
@@ -62,11 +63,15 @@ internal sealed class StressWorker
     public Thread Thread => _thread;
 
     /// <param name="initial">What the region holds now (a previous worker's shadow); null: zeros, as on a fresh device.</param>
-    public StressWorker(int index, string device, long regionStart, long regionLength, StressWorkload workload, int seed, byte[]? initial = null)
+    /// <param name="fd">An O_DIRECT fd of the device to use (and leave open); -1: the worker opens and closes its own.
+    /// Each close of a writable fd makes udev probe the device again (inotify IN_CLOSE_WRITE), which costs dearly with
+    /// many devices under emulation: tests that run workers one after another on many devices keep one fd open.</param>
+    public StressWorker(int index, string device, long regionStart, long regionLength, StressWorkload workload, int seed, byte[]? initial = null, int fd = -1)
     {
         if (regionStart % workload.Align != 0 || regionLength % workload.Align != 0 || workload.MaxLength % workload.Align != 0)
             throw new ArgumentException("region and sizes must be multiples of " + workload.Align);
         Index = index;
+        _fd = fd;
         _device = device;
         _start = regionStart;
         _w = workload;
@@ -78,8 +83,16 @@ internal sealed class StressWorker
 
     private readonly Stopwatch _clock = new();
 
-    public void Start()
+    private ManualResetEventSlim? _gate;
+
+    /// <summary>
+    /// Starts the thread; with a <paramref name="gate"/>, it waits for the gate before its first call. Starting many
+    /// threads is slow once I/O saturates the emulated CPUs (each Start waits for the new thread to run), so tests
+    /// with many workers start them all first and then open the gate.
+    /// </summary>
+    public void Start(ManualResetEventSlim? gate = null)
     {
+        _gate = gate;
         _clock.Start();
         _thread.Start();
     }
@@ -100,14 +113,18 @@ internal sealed class StressWorker
 
     private void Run()
     {
-        try { Loop(); }
+        try
+        {
+            _gate?.Wait();
+            Loop();
+        }
         catch (Exception e) { Failure ??= Name + ": " + e; }
         finally { FinishedAtMs = _clock.ElapsedMilliseconds; }
     }
 
     private void Loop()
     {
-        int fd = StressIo.OpenDirect(_device);
+        int fd = _fd >= 0 ? _fd : StressIo.OpenDirect(_device);
         if (fd < 0)
         {
             if (_w.ErrorsEnd) { EndedBy = "open = " + Errno.Name(fd); EndedErrno = fd; }
@@ -144,7 +161,7 @@ internal sealed class StressWorker
         }
         finally
         {
-            Libc.Close(fd);
+            if (_fd < 0) Libc.Close(fd);
         }
     }
 

@@ -65,6 +65,7 @@ public unsafe struct io_uring_sqe
     [FieldOffset(24)] public uint len;
     [FieldOffset(28)] public uint rw_flags;
     [FieldOffset(28)] public uint fsync_flags;
+    [FieldOffset(28)] public uint timeout_flags;
     [FieldOffset(28)] public uint uring_cmd_flags;
     [FieldOffset(28)] public uint nop_flags;
     [FieldOffset(32)] public ulong user_data;

@@ -166,12 +166,12 @@ public struct FileBackend(FileTarget target) : IBackend
         ref io_uring_sqe sqe = ref queue.GetTargetSqe(tag, SubRw);
         ulong addr = queue.BufferAddress(tag) + s.Done;
         int slot = s.Buffered ? BufferedSlot : DirectSlot;
-        if (s.Op == UBLK_IO_OP_READ) IoUring.PrepRead(ref sqe, slot, addr, s.Length - s.Done, s.Offset + s.Done);
-        else
-        {
-            IoUring.PrepWrite(ref sqe, slot, addr, s.Length - s.Done, s.Offset + s.Done);
-            if (s.Fua) sqe.rw_flags = RWF_DSYNC;
-        }
+        byte op = s.Op == UBLK_IO_OP_READ
+            ? (queue.FixedBuffers ? IORING_OP_READ_FIXED : IORING_OP_READ)
+            : (queue.FixedBuffers ? IORING_OP_WRITE_FIXED : IORING_OP_WRITE);
+        IoUring.PrepRw(ref sqe, op, slot, addr, s.Length - s.Done, s.Offset + s.Done);
+        if (queue.FixedBuffers) sqe.buf_index = tag;      // tag t's buffer is registered buffer t
+        if (s.Fua && s.Op != UBLK_IO_OP_READ) sqe.rw_flags = RWF_DSYNC;
         sqe.flags = IOSQE_FIXED_FILE;
         return Backend.Pending;
     }

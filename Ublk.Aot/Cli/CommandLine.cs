@@ -21,8 +21,11 @@ public static class CommandLine
         usage: ublk-aot COMMAND [OPTIONS]
 
           serve --backend SPEC [--queues N] [--depth N] [--block-size 512|4096] [--max-io BYTES]
-                [--read-only] [--id N] [--cpus LIST] [--stats]
-                    create /dev/ublkbN served by this process until SIGINT/SIGTERM
+                [--read-only] [--id N] [--cpus LIST] [--idle-release SECONDS] [--fixed-buffers] [--huge-buffers] [--stats]
+                    create /dev/ublkbN served by this process until SIGINT/SIGTERM;
+                    a queue idle for --idle-release seconds (20; 0 = never) frees its buffers' pages;
+                    --fixed-buffers registers them with io_uring for file I/O (pins depth x max-io per queue);
+                    --huge-buffers puts them on transparent huge pages
                     SPEC: null:SIZE | mem:SIZE | file:PATH[,size=SIZE][,direct=on|off|auto]
                           | fault:rate=R[,ops=read+write+...][,seed=N][,errno=N]:SPEC
           list [--json]     the kernel's ublk devices

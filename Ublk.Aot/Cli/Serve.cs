@@ -53,6 +53,9 @@ public static class Serve
                 case "--id": a.Device.Id = Int(arg, Value(), 0, int.MaxValue - 1); break;
                 case "--cpus": a.Device.Cpus = ParseCpuList(Value()); break;
                 case "--stats": a.Stats = true; break;
+                case "--fixed-buffers": a.Device.FixedBuffers = true; break;
+                case "--huge-buffers": a.Device.HugeBuffers = true; break;
+                case "--idle-release": a.Device.IdleRelease = TimeSpan.FromSeconds(Int(arg, Value(), 0, 86400)); break;
                 default: throw new UsageException("serve: unknown option '" + arg + "'");
             }
         }
@@ -167,7 +170,7 @@ public static class Serve
         {
             QueueStats s = q.Stats;
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"stats queue={q.QueueId} cpu={s.Cpu} reads={s.Reads} writes={s.Writes} flushes={s.Flushes} discards={s.Discards} write_zeroes={s.WriteZeroes} other={s.Other} errors={s.Errors} bytes_read={s.BytesRead} bytes_written={s.BytesWritten} loops={s.LoopIterations} alloc_bytes={s.AllocatedBytes} gc0={s.Gen0Collections}"));
+                $"stats queue={q.QueueId} cpu={s.Cpu} reads={s.Reads} writes={s.Writes} flushes={s.Flushes} discards={s.Discards} write_zeroes={s.WriteZeroes} other={s.Other} errors={s.Errors} bytes_read={s.BytesRead} bytes_written={s.BytesWritten} loops={s.LoopIterations} idle_releases={s.IdleReleases} alloc_bytes={s.AllocatedBytes} gc0={s.Gen0Collections}"));
         }
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"stats process gc0={GC.CollectionCount(0)} gc1={GC.CollectionCount(1)} gc2={GC.CollectionCount(2)} allocated={GC.GetTotalAllocatedBytes()}"));

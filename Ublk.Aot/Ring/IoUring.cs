@@ -392,6 +392,21 @@ public sealed unsafe class IoUring : IDisposable
         sqe.len = (uint)mode;
     }
 
+    /// <summary>
+    /// IORING_OP_TIMEOUT: completes with -ETIME after *<paramref name="ts"/> (relative unless flags say otherwise), or
+    /// with 0 once <paramref name="count"/> other completions arrived (0: time only). The kernel reads *ts when it
+    /// issues the SQE, so it must stay valid until the next submit.
+    /// </summary>
+    public static void PrepTimeout(ref io_uring_sqe sqe, __kernel_timespec* ts, uint count, uint flags)
+    {
+        sqe.opcode = IORING_OP_TIMEOUT;
+        sqe.fd = -1;
+        sqe.addr = (ulong)ts;
+        sqe.len = 1;
+        sqe.off = count;
+        sqe.timeout_flags = flags;
+    }
+
     /// <summary>IORING_OP_URING_CMD; write the command struct into <see cref="CmdPayload"/> afterwards.</summary>
     public static void PrepUringCmd(ref io_uring_sqe sqe, int fd, uint cmdOp)
     {

@@ -102,7 +102,7 @@ public sealed class UblkDevice : IDisposable
             int[] cpus = _opts.Cpus is { Length: > 0 } c ? [c[q % c.Length]] : _ctrl.GetQueueAffinity(Id, (ushort)q);
             if (cpus.Length == 0) cpus = [online[q % online.Length]];
             var queue = new UblkQueue<TBackend>(Id, (ushort)q, Info.queue_depth, Info.max_io_buf_bytes, _charFd,
-                cpus, backendFiles, backend, ioctl);
+                cpus, backendFiles, backend, ioctl, new QueueTuning(_opts.IdleRelease, _opts.FixedBuffers, _opts.HugeBuffers));
             _queues[q] = queue;
             queue.Start(ready, QueueExited);
         }

@@ -16,11 +16,16 @@ public struct QueueStats
     public long Reads, Writes, Flushes, Discards, WriteZeroes, Other, Errors;
     public long BytesRead, BytesWritten;
     public long LoopIterations;
+    /// <summary>Times the queue, idle, gave its buffer pages back (see <see cref="DeviceOptions.IdleRelease"/>).</summary>
+    public long IdleReleases;
     /// <summary>Managed bytes the queue thread allocated between its first FETCH and its exit.</summary>
     public long AllocatedBytes;
     public int Gen0Collections;
     public int Cpu;
 }
+
+/// <summary>How a queue handles its buffers (from <see cref="DeviceOptions"/>).</summary>
+public readonly record struct QueueTuning(TimeSpan IdleRelease, bool FixedBuffers, bool HugeBuffers);
 
 /// <summary>
 /// One ublk hardware queue: a pinned thread with its own io_uring, the mmap'd descriptor array of the queue,
@@ -31,12 +36,16 @@ public abstract unsafe class UblkQueue
 {
     // user_data layout: bits 0-15 tag, bits 16-23 sub-op, bit 63 set for a backend's SQE.
     protected const ulong TargetBit = 1UL << 63;
-    protected const byte CmdFetch = 0, CmdCommit = 1;
+    protected const byte CmdFetch = 0, CmdCommit = 1, CmdIdleTick = 2;
 
     public ushort QueueId { get; }
     public int Depth { get; }
     public uint MaxIoBytes { get; }
     public uint DeviceId { get; }
+    /// <summary>Tag t's buffer is registered buffer t of the queue's ring: backends may use READ_FIXED/WRITE_FIXED.</summary>
+    public bool FixedBuffers { get; }
+    /// <summary>Buffers start on a 2 MiB boundary and are madvise(MADV_HUGEPAGE)d.</summary>
+    public bool HugeBuffers { get; }
 
     protected readonly int _charFd;
     protected readonly int[] _cpus;
@@ -48,8 +57,10 @@ public abstract unsafe class UblkQueue
     protected readonly int[] _extraFiles;
     internal QueueStats _stats;
 
-    protected UblkQueue(uint devId, ushort qid, int depth, uint maxIo, int charFd, int[] cpus, int[] extraFiles)
+    protected UblkQueue(uint devId, ushort qid, int depth, uint maxIo, int charFd, int[] cpus, int[] extraFiles, QueueTuning tuning = default)
     {
+        FixedBuffers = tuning.FixedBuffers;
+        HugeBuffers = tuning.HugeBuffers;
         DeviceId = devId;
         QueueId = qid;
         Depth = depth;
@@ -134,15 +145,63 @@ public abstract unsafe class UblkQueue
         _descs = (ublksrv_io_desc*)d;
 
         _buffersSize = (nuint)Depth * MaxIoBytes;
-        nint b = Libc.Mmap(0, _buffersSize, Libc.PROT_READ | Libc.PROT_WRITE,
+        const nuint Huge = 2 * 1024 * 1024;
+        nuint mapSize = HugeBuffers ? (_buffersSize + Huge - 1) / Huge * Huge + Huge : _buffersSize;
+        nint b = Libc.Mmap(0, mapSize, Libc.PROT_READ | Libc.PROT_WRITE,
             Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
         if (b == Libc.MAP_FAILED) throw new SysException("mmap(queue " + QueueId + " buffers)", Errno.Last);
+        if (HugeBuffers)
+        {
+            // Over-map by 2 MiB, keep the 2 MiB-aligned part, give the rest back; then ask for transparent huge pages.
+            nint start = (nint)(((nuint)b + Huge - 1) / Huge * Huge);
+            nuint keep = (_buffersSize + Huge - 1) / Huge * Huge;
+            if (start > b) Libc.Munmap(b, (nuint)(start - b));
+            nint end = start + (nint)keep, mapEnd = b + (nint)mapSize;
+            if (mapEnd > end) Libc.Munmap(end, (nuint)(mapEnd - end));
+            b = start;
+            _buffersSize = keep;
+            Libc.Madvise(b, keep, Libc.MADV_HUGEPAGE); // best effort: THP may be off ("never")
+        }
         _buffers = (byte*)b;
+        if (FixedBuffers)
+        {
+            // Registration pins (and so faults in) every page: depth x max-io bytes of RAM from here on.
+            var iovs = new iovec[Depth];
+            for (int t = 0; t < Depth; t++) { iovs[t].iov_base = (nint)(_buffers + (nuint)t * MaxIoBytes); iovs[t].iov_len = MaxIoBytes; }
+            _ring.RegisterBuffers(iovs);
+        }
     }
+
+    // The idle tick's timespec: the kernel reads it when it issues the TIMEOUT SQE (at the next enter), so it
+    // lives in native memory, not on a stack frame that is gone by then.
+    protected __kernel_timespec* _idleTs;
+
+    /// <summary>Arms (again) the relative IORING_OP_TIMEOUT whose CQE is the idle tick.</summary>
+    protected void ArmIdleTick(long ns)
+    {
+        if (_idleTs == null)
+        {
+            _idleTs = (__kernel_timespec*)NativeMemory.Alloc((nuint)sizeof(__kernel_timespec));
+            _idleTs->tv_sec = ns / 1_000_000_000;
+            _idleTs->tv_nsec = ns % 1_000_000_000;
+        }
+        ref io_uring_sqe sqe = ref NextSqe();
+        if (Unsafe.IsNullRef(ref sqe)) return;
+        IoUring.PrepTimeout(ref sqe, _idleTs, 0, 0);
+        sqe.user_data = (ulong)CmdIdleTick << 16;
+    }
+
+    /// <summary>
+    /// Gives the pages of every tag buffer back to the kernel. Only while no request is being served: the kernel
+    /// copies into and out of these buffers in this thread's own io_uring_enter (task work and command issue), so
+    /// between two enters, with nothing at the backend, no one else touches them.
+    /// </summary>
+    protected void ReleaseBuffers() => Libc.Madvise((nint)_buffers, _buffersSize, Libc.MADV_DONTNEED);
 
     protected void TearDownResources()
     {
         _ring?.Dispose();
+        if (_idleTs != null) { NativeMemory.Free(_idleTs); _idleTs = null; }
         if (_descs != null) { Libc.Munmap((nint)_descs, _descsSize); _descs = null; }
         if (_buffers != null) { Libc.Munmap((nint)_buffers, _buffersSize); _buffers = null; }
     }
@@ -169,12 +228,19 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
     private volatile bool _stopRequested;
     private IoUring? _ringForStop; // published once the ring exists, so RequestStop can wake it
 
+    private readonly long _idleNs;       // idle tick period; 0: buffers are never released
+    private bool _ioSinceTick;           // a request arrived since the last idle tick
+    private bool _buffersTouched;        // buffers may hold pages (a request since the last release)
+
     public UblkQueue(uint devId, ushort qid, int depth, uint maxIo, int charFd, int[] cpus, int[] extraFiles,
-        TBackend backend, bool ioctlEncoding)
-        : base(devId, qid, depth, maxIo, charFd, cpus, extraFiles)
+        TBackend backend, bool ioctlEncoding, QueueTuning tuning = default)
+        : base(devId, qid, depth, maxIo, charFd, cpus, extraFiles, tuning)
     {
         _backend = backend;
         _useIoctl = ioctlEncoding;
+        // Never with registered buffers: MADV_DONTNEED would swap fresh pages in under the mapping while the ring
+        // keeps using the old pinned ones, and a backend's fixed I/O would miss the data the kernel copied.
+        _idleNs = tuning.IdleRelease > TimeSpan.Zero && !tuning.FixedBuffers ? Math.Max(tuning.IdleRelease.Ticks * 100, 1_000_000) : 0;
     }
 
     internal override Exception? Failure => _failure;
@@ -206,6 +272,7 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
             _backend.Attach(this);
             _stats.Cpu = Libc.SchedGetCpu();
             for (int t = 0; t < Depth; t++) QueueCmd((ushort)t, CmdFetch, 0);
+            if (_idleNs > 0) ArmIdleTick(_idleNs);
             // With DEFER_TASKRUN the FETCHes are processed as task work: enter with GETEVENTS (Submit does) so
             // they reach the driver before START_DEV waits for them.
             int rc = _ring!.Submit();
@@ -243,7 +310,7 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
             if (ring.IsCancelled) break;
             if (_cmdsInFlight == 0 && _backendInFlight == 0) break; // every tag aborted: the device is gone
             int rc = ring.SubmitAndWait(1);
-            if (rc < 0 && rc != -Errno.EINTR && rc != -Errno.EAGAIN && rc != -Errno.EBUSY)
+            if (rc < 0 && rc != -Errno.EINTR && rc != -Errno.EAGAIN && rc != -Errno.EBUSY && rc != -Errno.ETIME)
                 throw new SysException("io_uring_enter(queue " + QueueId + ")", -rc);
             _stats.LoopIterations++;
             ring.DrainCompletions(ref router);
@@ -270,6 +337,12 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
             return;
         }
 
+        if ((byte)(userData >> 16) == CmdIdleTick)
+        {
+            OnIdleTick(res);
+            return;
+        }
+
         _cmdsInFlight--;
         if (res == UBLK_IO_RES_OK)
         {
@@ -280,8 +353,25 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
         else if (res != UBLK_IO_RES_ABORT) _stats.Errors++;
     }
 
+    // One TIMEOUT CQE per period, busy or not (so nothing is added per I/O). A whole period without a request
+    // and nothing at the backend: the buffers go back to the kernel, once, until the next request.
+    private void OnIdleTick(int res)
+    {
+        if (res != -Errno.ETIME) return; // cancelled (ring closing) or refused: no more ticks
+        if (!_ioSinceTick && _buffersTouched && _backendInFlight == 0)
+        {
+            ReleaseBuffers();
+            _buffersTouched = false;
+            _stats.IdleReleases++;
+        }
+        _ioSinceTick = false;
+        ArmIdleTick(_idleNs);
+    }
+
     private void HandleIo(ushort tag)
     {
+        _ioSinceTick = true;
+        _buffersTouched = true;
         ref readonly ublksrv_io_desc iod = ref _descs[tag];
         int r;
         switch (iod.Op)

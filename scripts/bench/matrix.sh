@@ -26,7 +26,9 @@
 #   BENCH_AOT (OUTDIR/ublk-aot)    the ublk-aot binary
 #   BENCH_KUBLK (OUTDIR/kublk)     the kernel selftest server
 #   BENCH_ROUNDS (3)  BENCH_RUNTIME (3)  BENCH_RAMP (1)   seconds per fio job: RAMP + RUNTIME
-#   BENCH_TARGETS     subset of: aot-null aot-mem aot-file nullblk loop kublk-null kublk-loop
+#   BENCH_TARGETS     subset of: aot-null aot-null-huge aot-mem aot-file aot-file-fixed nullblk loop kublk-null kublk-loop
+#                     (aot-null-huge: aot-null with --huge-buffers; aot-file-fixed: aot-file with --fixed-buffers;
+#                     the A/B of each tuning in the same boot)
 #   BENCH_WORKLOADS   subset of the names in WORKLOADS below
 #   BENCH_EXTRAS (1)  0 skips the syscall and GC measurements
 #   BENCH_SYSCALL_QDS (64)         queue depths of the syscall measurement
@@ -56,7 +58,7 @@ FIO_CPU=$((NCPU - 1))
 SIZE=1G                        # ublk-aot null size (null_blk: gb=1)
 MEM_SIZE=${BENCH_MEM_SIZE:-256M}   # ublk-aot mem size; written in full before it is measured
 
-ALL_TARGETS="aot-null aot-mem aot-file nullblk loop kublk-null kublk-loop"
+ALL_TARGETS="aot-null aot-null-huge aot-mem aot-file aot-file-fixed nullblk loop kublk-null kublk-loop"
 TARGETS=${BENCH_TARGETS:-$ALL_TARGETS}
 
 # name         rw        bs    iodepth/job  jobs  ublk queues
@@ -148,12 +150,13 @@ run_fio() {
 # start_aot BACKEND QUEUES ERRFILE: start a server with --stats; sets DEV,
 # SRV_PID and AOT_DEV_ID.  (No command substitution around the start_* and
 # dev_up functions: they set globals and own background processes.)
-start_aot() {
+start_aot() {   # start_aot SPEC QUEUES ERRFILE [EXTRA SERVE OPTIONS...]
   local spec=$1 queues=$2 err=$3 dev="" i cpus
+  shift 3
   local outf=$WORK/aot.out
   : > "$outf"
   cpus=$(seq -s, 0 $((queues < NCPU ? queues - 1 : NCPU - 1)))
-  "$AOT" serve --backend "$spec" --queues "$queues" --depth "$DEPTH" --cpus "$cpus" --stats >"$outf" 2>"$err" &
+  "$AOT" serve --backend "$spec" --queues "$queues" --depth "$DEPTH" --cpus "$cpus" --stats "$@" >"$outf" 2>"$err" &
   SRV_PID=$!
   for ((i = 0; i < 300; i++)); do      # 30 s to come up
     read -r dev < "$outf" 2>/dev/null
@@ -248,8 +251,10 @@ dev_up() {
   local t=$1 q=$2 err=$3
   case $t in
     aot-null) start_aot "null:$SIZE" "$q" "$err" ;;
+    aot-null-huge) start_aot "null:$SIZE" "$q" "$err" --huge-buffers ;;
     aot-mem)  start_aot "mem:$MEM_SIZE" "$q" "$err" ;;
     aot-file) start_aot "file:$BACKING" "$q" "$err" ;;
+    aot-file-fixed) start_aot "file:$BACKING" "$q" "$err" --fixed-buffers ;;
     kublk-null) start_kublk null "$q" "$err" ;;
     kublk-loop) start_kublk loop "$q" "$err" "$BACKING" ;;
     nullblk) DEV=/dev/nullb0 ;;
@@ -360,7 +365,7 @@ run_extras() {
   local t qd pre pid
   # Syscalls per I/O: ublk-aot vs kublk, null and file/loop, at QD64 (at QD1
   # both servers need exactly 1 (null) or 2 (file) io_uring_enter per I/O).
-  for t in aot-null kublk-null aot-file kublk-loop; do
+  for t in aot-null kublk-null aot-file aot-file-fixed kublk-loop; do
     [[ " $TARGETS " == *" $t "* ]] || continue
     for qd in ${BENCH_SYSCALL_QDS:-64}; do
       pre=$OUT/extra/sys.$t.qd$qd
@@ -406,7 +411,7 @@ modprobe ublk_drv || { log "modprobe ublk_drv failed"; exit 2; }
 echo "ublk_features=$("$AOT" features --json 2>/dev/null | sed -n 's/.*"features":"\([^"]*\)".*/\1/p')" >> "$OUT/meta.env"
 log "kernel $(uname -r), $(nproc) CPUs; targets: $TARGETS; $ROUNDS round(s) of $RAMP+$RUNTIME s runs"
 
-if [[ " $TARGETS " == *" aot-file "* || " $TARGETS " == *" loop "* ]]; then
+if [[ " $TARGETS " == *" aot-file"* || " $TARGETS " == *" loop"* || " $TARGETS " == *" kublk-loop "* ]]; then
   setup_backing_file || { log "cannot create the backing file on tmpfs"; exit 1; }
 fi
 

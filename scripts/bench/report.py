@@ -14,15 +14,17 @@ import re
 import statistics
 import sys
 
-TARGETS = ["aot-null", "aot-mem", "aot-file", "kublk-null", "kublk-loop", "nullblk", "loop"]
+TARGETS = ["aot-null", "aot-null-huge", "aot-mem", "aot-file", "aot-file-fixed", "kublk-null", "kublk-loop", "nullblk", "loop"]
 LABEL = {
     "aot-null": "ublk-aot null", "aot-mem": "ublk-aot mem", "aot-file": "ublk-aot file",
+    "aot-file-fixed": "ublk-aot file --fixed-buffers",
+    "aot-null-huge": "ublk-aot null --huge-buffers",
     "kublk-null": "kublk null", "kublk-loop": "kublk loop",
     "nullblk": "kernel null_blk", "loop": "kernel loop (dio)",
 }
 # Reference of each target: same-kind kublk target, and the kernel device.
-KUBLK_REF = {"aot-null": "kublk-null", "aot-mem": "kublk-null", "aot-file": "kublk-loop"}
-KERNEL_REF = {"aot-null": "nullblk", "aot-mem": "nullblk", "aot-file": "loop",
+KUBLK_REF = {"aot-null": "kublk-null", "aot-null-huge": "kublk-null", "aot-mem": "kublk-null", "aot-file": "kublk-loop", "aot-file-fixed": "kublk-loop"}
+KERNEL_REF = {"aot-null": "nullblk", "aot-null-huge": "nullblk", "aot-mem": "nullblk", "aot-file": "loop", "aot-file-fixed": "loop",
               "kublk-null": "nullblk", "kublk-loop": "loop"}
 WORKLOADS = [  # name, label, big-block (MB/s instead of IOPS)
     ("rr4k-qd1", "4k randread QD1", False),
@@ -233,7 +235,7 @@ def strace_counts(path):
 
 def syscalls_table(d):
     rows = []
-    for t in ("aot-null", "kublk-null", "aot-file", "kublk-loop"):
+    for t in ("aot-null", "kublk-null", "aot-file", "aot-file-fixed", "kublk-loop"):
         for qd in (1, 64):
             pre = os.path.join(d, "extra", f"sys.{t}.qd{qd}")
             fr = fio_result(pre + ".json")
