@@ -992,4 +992,34 @@ public sealed unsafe class IoUringTests
             Assert.True(ring.SqPending == 0, $"defer={defer}: {ring.SqPending} SQEs still pending after WaitCqe");
         }
     }
+
+    /// <summary>The queue's idle tick: a relative IORING_OP_TIMEOUT completes alone with -ETIME after its time, re-armable.</summary>
+    [Fact]
+    public void TimeoutOp_CompletesWithETimeAfterItsTime_AndCanBeRearmed()
+    {
+        foreach (bool defer in new[] { false, true })
+        {
+            using var ring = new IoUring(4, new IoUringOptions { SingleIssuer = defer, DeferTaskrun = defer });
+            var ts = (__kernel_timespec*)NativeMemory.Alloc((nuint)sizeof(__kernel_timespec));
+            try
+            {
+                ts->tv_sec = 0;
+                ts->tv_nsec = 30_000_000;
+                for (int i = 0; i < 3; i++)
+                {
+                    ref io_uring_sqe sqe = ref Sqe(ring);
+                    IoUring.PrepTimeout(ref sqe, ts, 0, 0);
+                    sqe.user_data = 77 + (ulong)i;
+                    var sw = Stopwatch.StartNew();
+                    int rc = ring.WaitCqe(out var cqe, 5_000_000_000);
+                    long ms = sw.ElapsedMilliseconds;
+                    Assert.True(rc == 0, $"defer={defer} tick {i}: WaitCqe returned {rc} ({En(rc)})");
+                    Assert.True(cqe.user_data == 77 + (ulong)i && cqe.res == -Errno.ETIME,
+                        $"defer={defer} tick {i}: CQE user_data {cqe.user_data} res {cqe.res} ({En(cqe.res)}), expected {77 + i} and -ETIME");
+                    Assert.True(ms >= 25 && ms < 2000, $"defer={defer} tick {i}: a 30 ms timeout completed after {ms} ms");
+                }
+            }
+            finally { NativeMemory.Free(ts); }
+        }
+    }
 }
