@@ -244,12 +244,13 @@ public sealed class ServeTests
             // Registration pins every buffer: 2 queues x 32 x 256 KiB = 16 MiB resident from the start.
             long rss = RssAnonKiB(s.Pid);
             Assert.True(rss >= 16 * 1024, "RssAnon " + rss + " KiB: the registered buffers should be resident (16 MiB)");
-            string common = " --filename=" + s.DevicePath + " --ioengine=io_uring --direct=1 --verify=crc32c --verify_fatal=1 --do_verify=1" +
+            string job = "--name=fixed --rw=randwrite --bsrange=4k-256k --iodepth=32 --numjobs=2 --offset_increment=64M --size=24M" +
+                " --filename=" + s.DevicePath + " --ioengine=io_uring --direct=1 --verify=crc32c --verify_fatal=1 --do_verify=1" +
                 " --group_reporting --output-format=terse --terse-version=3";
-            Result r = Run("fio", "--name=fixed --rw=randwrite --bsrange=4k-256k --iodepth=32 --numjobs=2 --offset_increment=64M --size=24M" + common, 600_000);
+            Result r = Run("fio", job, 600_000);
             Assert.True(r.Code == 0, "fio verify with --fixed-buffers failed: " + r);
             System.Threading.Thread.Sleep(2500); // idle past --idle-release: must not release pinned buffers
-            Result again = Run("fio", "--name=fixed --rw=randwrite --bsrange=4k-256k --iodepth=32 --numjobs=2 --offset_increment=64M --size=24M" + common, 600_000);
+            Result again = Run("fio", job, 600_000);
             Assert.True(again.Code == 0, "fio verify with --fixed-buffers after an idle period failed: " + again);
             Assert.Equal(0, s.Stop());
             Assert.True(s.StatSum("errors") == 0 && s.StatSum("idle_releases") == 0 && s.StatSum("alloc_bytes") == 0, s.Stderr);

@@ -177,6 +177,15 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
         return rec;
     }
 
+    /// <summary>True for a record as one write left it (zeros for never written, else a matching check word).</summary>
+    private static bool Intact(ReadOnlySpan<byte> record, out long id, out uint block)
+    {
+        id = BinaryPrimitives.ReadInt64LittleEndian(record);
+        block = BinaryPrimitives.ReadUInt32LittleEndian(record[8..]);
+        uint check = BinaryPrimitives.ReadUInt32LittleEndian(record[12..]);
+        return id == 0 ? block == 0 && check == 0 : id > 0 && check == Check(id, block);
+    }
+
     private static uint DeviceBlock(int b) => (uint)((RegionStart + (long)b * Block) / Block);
 
     private static void Fill(Span<byte> data, long id, int firstBlock)
@@ -210,13 +219,9 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
             for (int rec = 0; rec < Block; rec += RecordSize)
             {
                 ReadOnlySpan<byte> record = data.Slice(b * Block + rec, RecordSize);
-                long id = BinaryPrimitives.ReadInt64LittleEndian(record);
-                uint at = BinaryPrimitives.ReadUInt32LittleEndian(record[8..]);
-                uint check = BinaryPrimitives.ReadUInt32LittleEndian(record[12..]);
-                if (id == 0 && at == 0 && check == 0) { if (!ids.Contains(0)) ids.Add(0); continue; }
-                if (id > 0 && check == Check(id, at))
+                if (Intact(record, out long id, out uint at))
                 {
-                    if (at != block)
+                    if (id != 0 && at != block)
                         return dev + ": offset " + ((long)block * Block + rec) + ": expected a record of device block " + block + ", actual " +
                             Convert.ToHexString(record) + ": an intact record of write #" + id + " for device block " + at + " (offset " + (long)at * Block + ")";
                     if (!ids.Contains(id)) ids.Add(id);
@@ -242,9 +247,7 @@ public sealed class StressOrderingTests(ITestOutputHelper output)
         for (int rec = 0; rec < Block; rec += RecordSize)
         {
             ReadOnlySpan<byte> r = block.Slice(rec, RecordSize);
-            long id = BinaryPrimitives.ReadInt64LittleEndian(r);
-            bool intact = id == 0 ? r.IndexOfAnyExcept((byte)0) < 0 : BinaryPrimitives.ReadUInt32LittleEndian(r[12..]) == Check(id, BinaryPrimitives.ReadUInt32LittleEndian(r[8..]));
-            string v = intact ? "#" + id : "?" + Convert.ToHexString(r);
+            string v = Intact(r, out long id, out _) ? "#" + id : "?" + Convert.ToHexString(r);
             if (v != cur && n > 0) { runs.Add(n + " x " + cur); n = 0; }
             cur = v;
             n++;

@@ -163,20 +163,13 @@ public sealed unsafe class UblkControl : IDisposable
     /// <summary>CPUs the block layer maps to hardware queue <paramref name="queue"/> (GET_QUEUE_AFFINITY); empty on failure.</summary>
     public int[] GetQueueAffinity(uint devId, ushort queue)
     {
-        const int words = 16; // 1024 CPUs
-        ulong* mask = stackalloc ulong[words];
-        for (int i = 0; i < words; i++) mask[i] = 0;
+        CpuMask mask = default;
         ublksrv_ctrl_cmd cmd = NewCmd(devId);
-        cmd.addr = (ulong)mask;
-        cmd.len = words * sizeof(ulong);
+        cmd.addr = (ulong)&mask;
+        cmd.len = CpuMask.Size;
         cmd.data0 = queue;
         if (Send(UBLK_U_CMD_GET_QUEUE_AFFINITY, UBLK_CMD_GET_QUEUE_AFFINITY, ref cmd) < 0) return [];
-        int n = 0;
-        for (int i = 0; i < words; i++) n += System.Numerics.BitOperations.PopCount(mask[i]);
-        int[] cpus = new int[n];
-        n = 0;
-        for (int c = 0; c < words * 64; c++) if ((mask[c >> 6] & (1UL << (c & 63))) != 0) cpus[n++] = c;
-        return cpus;
+        return mask.ToCpus();
     }
 
     /// <summary>START_DEV: blocks in the kernel until every queue has submitted its FETCH_REQs.</summary>

@@ -111,10 +111,8 @@ public abstract unsafe class UblkQueue
         // Pin first: the ring, the buffers' first touch and the kernel's per-queue task all land on this CPU.
         if (_cpus.Length > 0)
         {
-            ulong* mask = stackalloc ulong[16];
-            for (int i = 0; i < 16; i++) mask[i] = 0;
-            foreach (int c in _cpus) if (c >= 0 && c < 1024) mask[c >> 6] |= 1UL << (c & 63);
-            Libc.SchedSetAffinity(0, 16 * sizeof(ulong), mask);
+            CpuMask mask = CpuMask.Of(_cpus);
+            Libc.SchedSetAffinity(0, CpuMask.Size, (ulong*)&mask);
         }
         // This thread serves I/O for a block device: let it allocate through memory pressure (needs CAP_SYS_RESOURCE).
         Libc.Prctl(Libc.PR_SET_IO_FLUSHER, 1, 0, 0, 0);
@@ -146,28 +144,27 @@ public abstract unsafe class UblkQueue
 
         _buffersSize = (nuint)Depth * MaxIoBytes;
         const nuint Huge = 2 * 1024 * 1024;
-        nuint mapSize = HugeBuffers ? (_buffersSize + Huge - 1) / Huge * Huge + Huge : _buffersSize;
+        // Huge buffers: over-map by 2 MiB, keep the 2 MiB-aligned part (whole huge pages), give the rest back.
+        if (HugeBuffers) _buffersSize = (_buffersSize + Huge - 1) / Huge * Huge;
+        nuint mapSize = HugeBuffers ? _buffersSize + Huge : _buffersSize;
         nint b = Libc.Mmap(0, mapSize, Libc.PROT_READ | Libc.PROT_WRITE,
             Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE, -1, 0);
         if (b == Libc.MAP_FAILED) throw new SysException("mmap(queue " + QueueId + " buffers)", Errno.Last);
         if (HugeBuffers)
         {
-            // Over-map by 2 MiB, keep the 2 MiB-aligned part, give the rest back; then ask for transparent huge pages.
             nint start = (nint)(((nuint)b + Huge - 1) / Huge * Huge);
-            nuint keep = (_buffersSize + Huge - 1) / Huge * Huge;
             if (start > b) Libc.Munmap(b, (nuint)(start - b));
-            nint end = start + (nint)keep, mapEnd = b + (nint)mapSize;
+            nint end = start + (nint)_buffersSize, mapEnd = b + (nint)mapSize;
             if (mapEnd > end) Libc.Munmap(end, (nuint)(mapEnd - end));
             b = start;
-            _buffersSize = keep;
-            Libc.Madvise(b, keep, Libc.MADV_HUGEPAGE); // best effort: THP may be off ("never")
+            Libc.Madvise(b, _buffersSize, Libc.MADV_HUGEPAGE); // best effort: THP may be off ("never")
         }
         _buffers = (byte*)b;
         if (FixedBuffers)
         {
             // Registration pins (and so faults in) every page: depth x max-io bytes of RAM from here on.
             var iovs = new iovec[Depth];
-            for (int t = 0; t < Depth; t++) { iovs[t].iov_base = (nint)(_buffers + (nuint)t * MaxIoBytes); iovs[t].iov_len = MaxIoBytes; }
+            for (int t = 0; t < Depth; t++) { iovs[t].iov_base = (nint)BufferAddress((ushort)t); iovs[t].iov_len = MaxIoBytes; }
             _ring.RegisterBuffers(iovs);
         }
     }
