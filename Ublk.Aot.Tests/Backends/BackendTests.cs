@@ -1,21 +1,23 @@
 using System;
-using System.Runtime.InteropServices;
 using System.Threading;
 using Ublk.Aot.Abi;
 using Ublk.Aot.Backends;
 using Xunit;
 using static Ublk.Aot.Abi.UblkConst;
-using UblkQueue = global::Ublk.Aot.Ublk.UblkQueue;
+using global::Ublk.Aot.Ublk;
 
 namespace Ublk.Aot.Tests.Backends;
 
-/// <summary>A queue without a kernel: tag buffers in native memory, so synchronous backends can be driven on the host.</summary>
-internal sealed unsafe class HostQueue : UblkQueue
+/// <summary>A queue without a kernel: its tag buffers are the copy mode's strategy, mapped without a ring.</summary>
+internal sealed class HostQueue : UblkQueue
 {
-    public HostQueue(int depth, uint maxIo) : base(0, 0, depth, maxIo, -1, [], [])
+    public HostQueue(int depth, uint maxIo) : base(new QueueGeometry(0, 0, depth, maxIo), MapBuffers(depth, maxIo)) { }
+
+    private static TagBuffers MapBuffers(int depth, uint maxIo)
     {
-        _buffers = (byte*)NativeMemory.AlignedAlloc((nuint)depth * maxIo, 4096);
-        _buffersSize = (nuint)depth * maxIo;
+        var b = new TagBuffers(new BufferOptions(TimeSpan.Zero, Fixed: false, Huge: false));
+        b.SetUp(new QueueGeometry(0, 0, depth, maxIo), ring: null);
+        return b;
     }
 
     public override void RequestStop() { }
@@ -23,7 +25,7 @@ internal sealed unsafe class HostQueue : UblkQueue
     internal override void Join() { }
     internal override Exception? Failure => null;
 
-    public void Free() => NativeMemory.AlignedFree(_buffers);
+    public void Free() => BufferStrategy.Dispose();
 }
 
 public sealed class BackendTests
@@ -43,7 +45,7 @@ public sealed class BackendTests
             ulong off = (ulong)rnd.Next(0, (model.Length - len) / 512) * 512;
             int kind = rnd.Next(10);
             byte op = kind < 4 ? UBLK_IO_OP_WRITE : kind < 8 ? UBLK_IO_OP_READ : kind == 8 ? UBLK_IO_OP_FLUSH : (i % 2 == 0 ? UBLK_IO_OP_DISCARD : UBLK_IO_OP_WRITE_ZEROES);
-            Span<byte> buf = q.Buffer(tag, len);
+            Span<byte> buf = q.Buffers!.Span(tag, len);
             if (op == UBLK_IO_OP_WRITE) buf.Fill((byte)i);
             ublksrv_io_desc d = Desc(op, off, len);
             int r = backend.Submit(q, tag, in d);
@@ -108,7 +110,7 @@ public sealed class BackendTests
         using var store = new MemStore(size);
         try
         {
-            var cfg = new FaultConfig { Rate = 0.25, OpMask = 1u << UBLK_IO_OP_WRITE, Seed = 42 };
+            var cfg = new FaultConfig { Rate = 0.25, OpMask = FaultOps.Write, Seed = 42 };
             var b = new FaultBackend<MemBackend>(new MemBackend(store), cfg);
             b.Attach(q);
             var model = new byte[size];
@@ -117,7 +119,7 @@ public sealed class BackendTests
             double writes = 20_000 * 0.4;
             Assert.InRange(failed, (long)(writes * 0.2), (long)(writes * 0.3));
 
-            var all = new FaultConfig { Rate = 1.0, OpMask = 1u << UBLK_IO_OP_READ };
+            var all = new FaultConfig { Rate = 1.0, OpMask = FaultOps.Read };
             var r = new FaultBackend<MemBackend>(new MemBackend(store), all);
             r.Attach(q);
             ublksrv_io_desc read = Desc(UBLK_IO_OP_READ, 0, 4096);

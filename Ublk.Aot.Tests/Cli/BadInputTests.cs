@@ -106,7 +106,7 @@ public sealed class BadInputTests
     [InlineData("512B", 512UL)]
     public void Sizes_parse(string text, ulong bytes)
     {
-        Assert.True(global::Ublk.Aot.Cli.Sizes.TryParse(text, out ulong v), text);
+        Assert.True(global::Ublk.Aot.Ublk.Sizes.TryParse(text, out ulong v), text);
         Assert.Equal(bytes, v);
     }
 
@@ -117,5 +117,5 @@ public sealed class BadInputTests
     [InlineData("1.5G")]
     [InlineData("99999999999999999999")]
     [InlineData("20000000T")]
-    public void Bad_sizes_are_rejected(string text) => Assert.False(global::Ublk.Aot.Cli.Sizes.TryParse(text, out _), text);
+    public void Bad_sizes_are_rejected(string text) => Assert.False(global::Ublk.Aot.Ublk.Sizes.TryParse(text, out _), text);
 }

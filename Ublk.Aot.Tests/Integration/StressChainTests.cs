@@ -29,7 +29,7 @@ public sealed class StressChainTests(ITestOutputHelper output)
         {
             top = StressLibDevice.Create(ctrl, "file:" + bottom.Path + ",direct=on", new DeviceOptions { Queues = 2, Depth = 32 });
             Assert.Equal(64UL * (ulong)MiB, top.Device.Caps.Size);
-            var topFile = ((global::Ublk.Aot.Backends.FileSpec)top.Spec).Target;
+            var topFile = ((global::Ublk.Aot.Backends.FileSpec)top.Spec).File;
             Assert.True(topFile.IsBlockDevice && topFile.Direct, "top's backing " + bottom.Path + " should be a block device opened O_DIRECT");
 
             // Single writes of many sizes (512-byte aligned offsets): each lands at its offset in the bottom's RAM and reads back through both devices.

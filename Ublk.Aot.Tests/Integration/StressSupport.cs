@@ -345,7 +345,7 @@ internal sealed class StressLibDevice : IDisposable
 
     public static StressLibDevice Create(UblkControl ctrl, string spec, DeviceOptions o)
     {
-        BackendSpec s = BackendSpecParser.Parse(spec, o.ReadOnly);
+        BackendSpec s = BackendTable.Parse(spec, new SpecContext(o.ReadOnly));
         try
         {
             UblkDevice dev = s.Build(new Creator(ctrl, o));

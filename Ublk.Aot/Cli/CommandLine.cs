@@ -17,7 +17,7 @@ public static class CommandLine
 {
     public const string Version = "0.1.0";
 
-    public const string Usage = """
+    public static readonly string Usage = """
         usage: ublk-aot COMMAND [OPTIONS]
 
           serve --backend SPEC [--queues N] [--depth N] [--block-size 512|4096] [--max-io BYTES]
@@ -26,12 +26,14 @@ public static class CommandLine
                     a queue idle for --idle-release seconds (20; 0 = never) frees its buffers' pages;
                     --fixed-buffers registers them with io_uring for file I/O (pins depth x max-io per queue);
                     --huge-buffers puts them on transparent huge pages
-                    SPEC: null:SIZE | mem:SIZE | file:PATH[,size=SIZE][,direct=on|off|auto]
-                          | fault:rate=R[,ops=read+write+...][,seed=N][,errno=N]:SPEC
           list [--json]     the kernel's ublk devices
           del ID | --all    stop and remove ublk devices
           features [--json] the ublk features of the running kernel
           --version         print the version
+
+        SPEC, one of:
+        """ + "\n" + BackendTable.Help("  ") + """
+
 
         sizes take K/M/G/T suffixes (powers of 1024)
         """;
@@ -54,20 +56,10 @@ public static class CommandLine
                 _ => throw new UsageException("unknown command '" + cmd + "' (serve, list, del, features, --version)"),
             };
         }
-        catch (UsageException e)
+        catch (UblkAotException e)
         {
             Console.Error.WriteLine("ublk-aot: " + e.Message);
-            return 2;
-        }
-        catch (UblkException e)
-        {
-            Console.Error.WriteLine("ublk-aot: " + e.Message);
-            return 1;
-        }
-        catch (SysException e)
-        {
-            Console.Error.WriteLine("ublk-aot: " + e.Message);
-            return 1;
+            return e.IsBadInput ? 2 : 1;
         }
     }
 
@@ -210,9 +202,9 @@ public static class CommandLine
     {
         for (int waited = 0; waited < timeoutMs; waited += 20)
         {
-            if (!Directory.Exists("/sys/class/ublk-char/ublkc" + id)) return true;
+            if (!UblkControl.DeviceExists(id)) return true;
             Thread.Sleep(20);
         }
-        return !Directory.Exists("/sys/class/ublk-char/ublkc" + id);
+        return !UblkControl.DeviceExists(id);
     }
 }

@@ -23,6 +23,7 @@ public static class Serve
     public static Args Parse(string[] argv)
     {
         var a = new Args();
+        DeviceOptions d = a.Device;
         for (int i = 0; i < argv.Length; i++)
         {
             string arg = argv[i];
@@ -31,42 +32,47 @@ public static class Serve
                 if (i + 1 >= argv.Length) throw new UsageException("serve: " + arg + " needs a value");
                 return argv[++i];
             }
+            // Numbers are only parsed here; their limits are checked once, by DeviceOptions.Validate, below.
             switch (arg)
             {
                 case "--backend": a.Backend = Value(); break;
-                case "--queues": a.Device.Queues = Int(arg, Value(), 1, (int)UblkConst.UBLK_MAX_NR_QUEUES); break;
-                case "--depth": a.Device.Depth = Int(arg, Value(), 1, UblkConst.UBLK_MAX_QUEUE_DEPTH); break;
+                case "--queues": d.Queues = Int(DeviceOptions.QueuesRange, Value()); break;
+                case "--depth": d.Depth = Int(DeviceOptions.DepthRange, Value()); break;
                 case "--block-size":
-                    a.Device.BlockSize = (uint)Int(arg, Value(), 1, 1 << 20);
-                    if (a.Device.BlockSize != 512 && a.Device.BlockSize != 4096) throw new UsageException("serve: --block-size must be 512 or 4096");
-                    break;
-                case "--max-io":
                 {
-                    ulong v = Sizes.Parse(Value(), "--max-io");
-                    int page = Environment.SystemPageSize;
-                    if (v < (ulong)page || v % (ulong)page != 0 || v > 1UL << UblkConst.UBLK_IO_BUF_BITS)
-                        throw new UsageException("serve: --max-io must be a multiple of " + page + " between " + page + " and 32M");
-                    a.Device.MaxIoBytes = (uint)v;
+                    string v = Value();
+                    if (!uint.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out uint bs)) throw new UsageException("serve: --block-size must be 512 or 4096");
+                    d.BlockSize = bs;
                     break;
                 }
-                case "--read-only": a.Device.ReadOnly = true; break;
-                case "--id": a.Device.Id = Int(arg, Value(), 0, int.MaxValue - 1); break;
-                case "--cpus": a.Device.Cpus = ParseCpuList(Value()); break;
+                case "--max-io":
+                {
+                    string v = Value();
+                    if (!Sizes.TryParse(v, out ulong bytes)) throw new UsageException("serve: " + Sizes.Invalid(v, "--max-io"));
+                    if (DeviceOptions.ValidateMaxIo(bytes) is { } bad) throw new UsageException("serve: " + bad);
+                    d.MaxIoBytes = (uint)bytes;
+                    break;
+                }
+                case "--read-only": d.ReadOnly = true; break;
+                case "--id": d.Id = Int(DeviceOptions.IdRange, Value()); break;
+                case "--cpus": d.Cpus = ParseCpuList(Value()); break;
                 case "--stats": a.Stats = true; break;
-                case "--fixed-buffers": a.Device.FixedBuffers = true; break;
-                case "--huge-buffers": a.Device.HugeBuffers = true; break;
-                case "--idle-release": a.Device.IdleRelease = TimeSpan.FromSeconds(Int(arg, Value(), 0, 86400)); break;
+                case "--fixed-buffers": d.FixedBuffers = true; break;
+                case "--huge-buffers": d.HugeBuffers = true; break;
+                case "--idle-release": d.IdleRelease = TimeSpan.FromSeconds(Int(DeviceOptions.IdleReleaseRange, Value())); break;
                 default: throw new UsageException("serve: unknown option '" + arg + "'");
             }
         }
-        if (a.Backend == null) throw new UsageException("serve: --backend SPEC is required (" + BackendSpecParser.Help + ")");
+        if (d.Validate() is { } invalid) throw new UsageException("serve: " + invalid);
+        if (a.Backend == null) throw new UsageException("serve: --backend SPEC is required (" + BackendTable.Syntax + ")");
         return a;
     }
 
-    private static int Int(string name, string v, int min, int max)
+    /// <summary>A whole number for the option of <paramref name="range"/>; anything else is refused in the range's words.</summary>
+    private static int Int(OptionRange range, string v)
     {
-        if (!int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out int n) || n < min || n > max)
-            throw new UsageException("serve: " + name + " must be a number between " + min + " and " + max + ", got '" + v + "'");
+        if (!int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out int n) || !range.Contains(n))
+            throw new UsageException("serve: " + range.Refuse(v));
         return n;
     }
 
@@ -93,9 +99,7 @@ public static class Serve
     public static int Run(string[] argv)
     {
         Args a = Parse(argv);
-        BackendSpec spec;
-        try { spec = BackendSpecParser.Parse(a.Backend!, a.Device.ReadOnly); }
-        catch (UblkException e) { throw new UsageException(e.Message); }
+        BackendSpec spec = BackendTable.Parse(a.Backend!, new SpecContext(a.Device.ReadOnly));
         using (spec)
         {
             return spec.Build(new Runner(a, spec));
@@ -106,8 +110,7 @@ public static class Serve
     {
         public int Use<TBackend>(TBackend backend, BackendCaps caps, int[] files) where TBackend : struct, IBackend
         {
-            string? invalid = UblkDevice.Validate(a.Device, caps);
-            if (invalid != null) throw new UsageException("serve: " + invalid);
+            if (a.Device.ValidateFor(caps) is { } invalid) throw new UsageException("serve: " + invalid);
 
             using var stop = new ManualResetEventSlim(false);
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Set(); });

@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 
 namespace Ublk.Aot.Interop;
 
-/// <summary>errno values used on the data path, names for messages, and the one exception type of the setup path.</summary>
+/// <summary>errno values used on the data path, and their names for messages.</summary>
 public static class Errno
 {
     public const int EPERM = 1;
@@ -72,16 +72,9 @@ public static class Errno
 }
 
 /// <summary>A failed system call on the setup or control path: names the operation and the errno.</summary>
-public sealed class SysException : Exception
+public sealed class SysException(string operation, int errno)
+    : UblkAotException(operation + ": " + Interop.Errno.Name(errno) + " (" + Marshal.GetPInvokeErrorMessage(Math.Abs(errno)) + ")", errno)
 {
-    public int Errno { get; }
-
-    public SysException(string operation, int errno)
-        : base(operation + ": " + Interop.Errno.Name(errno) + " (" + Marshal.GetPInvokeErrorMessage(Math.Abs(errno)) + ")")
-    {
-        Errno = Math.Abs(errno);
-    }
-
     /// <summary>Throws with the current errno if <paramref name="rc"/> is negative.</summary>
     public static long Check(long rc, string operation)
     {

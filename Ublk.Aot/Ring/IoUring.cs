@@ -194,19 +194,26 @@ public sealed unsafe class IoUring : IDisposable
         return _sqeTail - Volatile.Read(ref *_sqHead);
     }
 
-    private bool CqNeedsFlush()
+    /// <summary>The SQ ring's flags word (the kernel sets CQ_OVERFLOW and TASKRUN there).</summary>
+    private uint SqFlags => Volatile.Read(ref *_sqFlags);
+
+    /// <summary>Counts an overflow the kernel reports in <paramref name="sqFlags"/> (<see cref="OverflowEvents"/>).</summary>
+    private void CountOverflow(uint sqFlags)
     {
-        uint f = Volatile.Read(ref *_sqFlags);
-        if ((f & IORING_SQ_CQ_OVERFLOW) != 0) { OverflowEvents++; return true; }
-        return (f & IORING_SQ_TASKRUN) != 0;
+        if ((sqFlags & IORING_SQ_CQ_OVERFLOW) != 0) OverflowEvents++;
     }
+
+    /// <summary>The kernel holds CQEs that did not fit the CQ, or task work: only an enter with GETEVENTS delivers them.</summary>
+    private static bool NeedsGetEvents(uint sqFlags) => (sqFlags & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)) != 0;
 
     /// <summary>Submits pending SQEs without waiting. Returns the number submitted or -errno.</summary>
     public int Submit()
     {
         uint toSubmit = FlushSq();
+        uint sqFlags = SqFlags;
+        CountOverflow(sqFlags);
         uint flags = 0;
-        if (CqNeedsFlush() || (SetupFlags & IORING_SETUP_DEFER_TASKRUN) != 0) flags |= IORING_ENTER_GETEVENTS;
+        if (NeedsGetEvents(sqFlags) || (SetupFlags & IORING_SETUP_DEFER_TASKRUN) != 0) flags |= IORING_ENTER_GETEVENTS;
         if (toSubmit == 0 && flags == 0) return 0;
         return Enter(toSubmit, 0, flags, null);
     }
@@ -221,7 +228,7 @@ public sealed unsafe class IoUring : IDisposable
     {
         uint toSubmit = FlushSq();
         if (IsCancelled) waitNr = 0;
-        CqNeedsFlush();
+        CountOverflow(SqFlags); // this enter passes GETEVENTS anyway, which flushes parked CQEs
         if (timeoutNs < 0) return Enter(toSubmit, waitNr, IORING_ENTER_GETEVENTS, null);
 
         __kernel_timespec ts;
@@ -297,15 +304,20 @@ public sealed unsafe class IoUring : IDisposable
     }
 
     /// <summary>
-    /// Wakes the owner thread and makes <see cref="IsCancelled"/> true. Safe from any thread, at any time
-    /// before <see cref="Dispose"/>. The owner must check IsCancelled each loop iteration, since a busy
-    /// CQ may keep it from ever blocking.
+    /// Wakes the owner thread and makes <see cref="IsCancelled"/> true. Safe from any thread at any time, also
+    /// during or after <see cref="Dispose"/> (then it does nothing but set the flag). The owner must check
+    /// IsCancelled each loop iteration, since a busy CQ may keep it from ever blocking.
     /// </summary>
     public void Cancel()
     {
         Volatile.Write(ref _cancelled, 1);
-        if (_eventFd >= 0 && Volatile.Read(ref _disposed) == 0)
+        if (_eventFd < 0) return;
+        // The check and the write hold _fdLock, and so does Dispose's close: without it, Dispose could close the
+        // eventfd between the two, another thread's open() could get the same number, and our 8 bytes would go to
+        // that file. Cancel is rare (once per stop) and never on the data path, so a lock is cheap here.
+        lock (_fdLock)
         {
+            if (_disposed != 0) return;
             ulong one = 1;
             Libc.Write(_eventFd, &one, 8);
         }
@@ -416,11 +428,16 @@ public sealed unsafe class IoUring : IDisposable
     }
 
     private int _disposed;
+    private readonly Lock _fdLock = new(); // Cancel's eventfd write against Dispose's close
 
-    /// <summary>Unmaps the rings and closes the fds. The owner thread must have stopped using the ring.</summary>
+    /// <summary>Unmaps the rings and closes the fds. The owner thread must have stopped using the ring; Cancel may race it.</summary>
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        lock (_fdLock)
+        {
+            if (_disposed != 0) return;
+            _disposed = 1;
+        }
         if (_sqesPtr != 0) Libc.Munmap(_sqesPtr, _sqesSize);
         if (_cqPtr != 0 && _cqPtr != _ringPtr) Libc.Munmap(_cqPtr, _cqSize);
         if (_ringPtr != 0) Libc.Munmap(_ringPtr, _ringSize);

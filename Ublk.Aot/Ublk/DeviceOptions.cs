@@ -1,12 +1,31 @@
 using System;
+using static Ublk.Aot.Abi.UblkConst;
 
 namespace Ublk.Aot.Ublk;
 
-/// <summary>How to shape a ublk device. Validated by <see cref="UblkDevice.Create{TBackend}"/>.</summary>
+/// <summary>An inclusive range a numeric option must lie in; its message is the one wording of that limit.</summary>
+public readonly record struct OptionRange(string Option, long Min, long Max)
+{
+    public bool Contains(long v) => v >= Min && v <= Max;
+
+    /// <summary>"--queues must be a number between 1 and 4096, got '0'".</summary>
+    public string Refuse(string got) => Option + " must be a number between " + Min + " and " + Max + ", got '" + got + "'";
+}
+
+/// <summary>How to shape a ublk device. Checked by <see cref="Validate()"/> and <see cref="ValidateFor"/>, the only checks.</summary>
 public sealed class DeviceOptions
 {
     public const int DefaultDepth = 128;
     public const uint DefaultMaxIo = 512 * 1024;
+    public static readonly TimeSpan DefaultIdleRelease = TimeSpan.FromSeconds(20);
+
+    // The limits, from the kernel's own constants (linux/ublk_cmd.h), named by the serve option that sets them.
+    public static readonly OptionRange QueuesRange = new("--queues", 1, UBLK_MAX_NR_QUEUES);
+    public static readonly OptionRange DepthRange = new("--depth", 1, UBLK_MAX_QUEUE_DEPTH);
+    public static readonly OptionRange IdRange = new("--id", 0, int.MaxValue - 1);
+    public static readonly OptionRange IdleReleaseRange = new("--idle-release", 0, 86400);
+    /// <summary>A request's buffer is addressed with UBLK_IO_BUF_BITS bits (32 MiB).</summary>
+    public const ulong MaxIoLimit = 1UL << UBLK_IO_BUF_BITS;
 
     public int Queues { get; set; } = 1;
     public int Depth { get; set; } = DefaultDepth;
@@ -26,7 +45,6 @@ public sealed class DeviceOptions
     /// (MADV_DONTNEED; they fault in again on the next request). <see cref="TimeSpan.Zero"/> keeps them.
     /// </summary>
     public TimeSpan IdleRelease { get; set; } = DefaultIdleRelease;
-    public static readonly TimeSpan DefaultIdleRelease = TimeSpan.FromSeconds(20);
     /// <summary>
     /// Register every tag buffer with the queue's io_uring (IORING_REGISTER_BUFFERS), so that a backend's reads and
     /// writes use READ_FIXED/WRITE_FIXED and the kernel does not pin the pages per I/O. Costs depth x max-io bytes
@@ -40,4 +58,38 @@ public sealed class DeviceOptions
     /// whole 2 MiB page (a 4 KiB workload keeps depth x max-io resident instead of depth x 4 KiB).
     /// </summary>
     public bool HugeBuffers { get; set; }
+
+    public BufferOptions Buffers => new(IdleRelease, FixedBuffers, HugeBuffers);
+
+    /// <summary>Checks the options on their own (before any backend is opened); returns a one-line error or null.</summary>
+    public string? Validate()
+    {
+        if (BlockSize != 512 && BlockSize != 4096) return "--block-size must be 512 or 4096";
+        if (!QueuesRange.Contains(Queues)) return QueuesRange.Refuse(Queues.ToString());
+        if (!DepthRange.Contains(Depth)) return DepthRange.Refuse(Depth.ToString());
+        if (Id != -1 && !IdRange.Contains(Id)) return IdRange.Refuse(Id.ToString());
+        if (IdleRelease < TimeSpan.Zero || IdleRelease.TotalSeconds > IdleReleaseRange.Max)
+            return IdleReleaseRange.Refuse(IdleRelease.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        string? maxIo = ValidateMaxIo(MaxIoBytes);
+        if (maxIo != null) return maxIo;
+        return null;
+    }
+
+    /// <summary>The max-io check alone, for a value that may not fit the property (e.g. "64M").</summary>
+    public static string? ValidateMaxIo(ulong bytes)
+    {
+        ulong page = (ulong)Environment.SystemPageSize;
+        if (bytes < page || bytes % page != 0 || bytes > MaxIoLimit)
+            return "--max-io must be a multiple of " + page + " between " + page + " and " + Sizes.Format(MaxIoLimit) + ", got " + bytes;
+        return null;
+    }
+
+    /// <summary>Checks the options against what the backend can serve; returns a one-line error or null.</summary>
+    public string? ValidateFor(BackendCaps caps)
+    {
+        if (caps.MinBlockSize > BlockSize) return "the backend needs --block-size " + caps.MinBlockSize + " or larger";
+        if (caps.Size == 0) return "the backend size is 0";
+        if (caps.Size % BlockSize != 0) return "the backend size " + caps.Size + " is not a multiple of the block size " + BlockSize;
+        return null;
+    }
 }

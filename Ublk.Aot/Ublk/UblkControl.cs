@@ -51,11 +51,8 @@ public sealed unsafe class UblkControl : IDisposable
             throw;
         }
         _useIoctlEncoding = true;
-        ublksrv_ctrl_cmd cmd = NewCmd(AutoId);
-        ulong features = 0;
-        cmd.addr = (ulong)&features;
-        cmd.len = UBLK_FEATURES_LEN;
-        int rc = Send(UBLK_U_CMD_GET_FEATURES, 0, ref cmd);
+        ulong features = 0; // UBLK_FEATURES_LEN bytes
+        int rc = SendWith(UBLK_U_CMD_GET_FEATURES, 0, AutoId, ref features);
         if (rc >= 0) Features = features;
         // GET_FEATURES exists only in ioctl encoding (6.5+); a kernel without it may also lack encoded commands.
         _useIoctlEncoding = rc >= 0 && (features & UBLK_F_CMD_IOCTL_ENCODE) != 0;
@@ -87,22 +84,30 @@ public sealed unsafe class UblkControl : IDisposable
 
     private static string DevName(uint id) => id == AutoId ? "ublk (new device)" : "ublk device " + id;
 
-    private int SendChecked(uint encodedOp, uint legacyOp, ref ublksrv_ctrl_cmd cmd, string what)
+    /// <summary>Sends a command whose buffer (addr, len) is <paramref name="data"/>; returns the CQE result (or -errno).</summary>
+    private int SendWith<T>(uint encodedOp, uint legacyOp, uint devId, ref T data, ulong data0 = 0) where T : unmanaged
     {
-        int rc = Send(encodedOp, legacyOp, ref cmd);
+        ublksrv_ctrl_cmd cmd = NewCmd(devId);
+        cmd.data0 = data0;
+        fixed (T* p = &data)
+        {
+            cmd.addr = (ulong)p;
+            cmd.len = (ushort)sizeof(T);
+            return Send(encodedOp, legacyOp, ref cmd);
+        }
+    }
+
+    private void Check(int rc, string what, uint devId)
+    {
         if (rc < 0)
-            throw new UblkException(what + " on " + DevName(cmd.dev_id) + " failed: " + Errno.Name(rc) + " (" + Marshal.GetPInvokeErrorMessage(-rc) + ")", rc);
-        return rc;
+            throw new UblkException(what + " on " + DevName(devId) + " failed: " + Errno.Name(rc) + " (" + Marshal.GetPInvokeErrorMessage(-rc) + ")", rc);
     }
 
     /// <summary>UBLK_U_CMD_ADD_DEV. <paramref name="info"/>.dev_id = uint.MaxValue asks the kernel to pick the id.</summary>
     public ublksrv_ctrl_dev_info AddDev(ublksrv_ctrl_dev_info info)
     {
         // Kernel 6.17+ checks that the id in the command equals the id in dev_info: set both.
-        ublksrv_ctrl_cmd cmd = NewCmd(info.dev_id);
-        cmd.addr = (ulong)&info;
-        cmd.len = (ushort)sizeof(ublksrv_ctrl_dev_info);
-        int rc = Send(UBLK_U_CMD_ADD_DEV, UBLK_CMD_ADD_DEV, ref cmd);
+        int rc = SendWith(UBLK_U_CMD_ADD_DEV, UBLK_CMD_ADD_DEV, info.dev_id, ref info);
         if (rc < 0)
         {
             string why = -rc switch
@@ -121,42 +126,28 @@ public sealed unsafe class UblkControl : IDisposable
     public void SetParams(uint devId, ublk_params p)
     {
         p.len = (uint)sizeof(ublk_params);
-        ublksrv_ctrl_cmd cmd = NewCmd(devId);
-        cmd.addr = (ulong)&p;
-        cmd.len = (ushort)sizeof(ublk_params);
-        SendChecked(UBLK_U_CMD_SET_PARAMS, UBLK_CMD_SET_PARAMS, ref cmd, "SET_PARAMS");
+        Check(SendWith(UBLK_U_CMD_SET_PARAMS, UBLK_CMD_SET_PARAMS, devId, ref p), "SET_PARAMS", devId);
     }
 
     public ublk_params GetParams(uint devId)
     {
         ublk_params p = default;
         p.len = (uint)sizeof(ublk_params);
-        ublksrv_ctrl_cmd cmd = NewCmd(devId);
-        cmd.addr = (ulong)&p;
-        cmd.len = (ushort)sizeof(ublk_params);
-        SendChecked(UBLK_U_CMD_GET_PARAMS, UBLK_CMD_GET_PARAMS, ref cmd, "GET_PARAMS");
+        Check(SendWith(UBLK_U_CMD_GET_PARAMS, UBLK_CMD_GET_PARAMS, devId, ref p), "GET_PARAMS", devId);
         return p;
     }
 
     public ublksrv_ctrl_dev_info GetDevInfo(uint devId)
     {
-        ublksrv_ctrl_dev_info info = default;
-        ublksrv_ctrl_cmd cmd = NewCmd(devId);
-        cmd.addr = (ulong)&info;
-        cmd.len = (ushort)sizeof(ublksrv_ctrl_dev_info);
-        SendChecked(UBLK_U_CMD_GET_DEV_INFO, UBLK_CMD_GET_DEV_INFO, ref cmd, "GET_DEV_INFO");
+        Check(TryGetDevInfo(devId, out ublksrv_ctrl_dev_info info), "GET_DEV_INFO", devId);
         return info;
     }
 
     /// <summary>Returns 0 or -errno (no throw): ENODEV/ENOENT mean the device does not exist.</summary>
     public int TryGetDevInfo(uint devId, out ublksrv_ctrl_dev_info info)
     {
-        ublksrv_ctrl_dev_info i = default;
-        ublksrv_ctrl_cmd cmd = NewCmd(devId);
-        cmd.addr = (ulong)&i;
-        cmd.len = (ushort)sizeof(ublksrv_ctrl_dev_info);
-        int rc = Send(UBLK_U_CMD_GET_DEV_INFO, UBLK_CMD_GET_DEV_INFO, ref cmd);
-        info = i;
+        info = default;
+        int rc = SendWith(UBLK_U_CMD_GET_DEV_INFO, UBLK_CMD_GET_DEV_INFO, devId, ref info);
         return rc < 0 ? rc : 0;
     }
 
@@ -164,11 +155,7 @@ public sealed unsafe class UblkControl : IDisposable
     public int[] GetQueueAffinity(uint devId, ushort queue)
     {
         CpuMask mask = default;
-        ublksrv_ctrl_cmd cmd = NewCmd(devId);
-        cmd.addr = (ulong)&mask;
-        cmd.len = CpuMask.Size;
-        cmd.data0 = queue;
-        if (Send(UBLK_U_CMD_GET_QUEUE_AFFINITY, UBLK_CMD_GET_QUEUE_AFFINITY, ref cmd) < 0) return [];
+        if (SendWith(UBLK_U_CMD_GET_QUEUE_AFFINITY, UBLK_CMD_GET_QUEUE_AFFINITY, devId, ref mask, data0: queue) < 0) return [];
         return mask.ToCpus();
     }
 
@@ -177,7 +164,7 @@ public sealed unsafe class UblkControl : IDisposable
     {
         ublksrv_ctrl_cmd cmd = NewCmd(devId);
         cmd.data0 = (ulong)serverPid;
-        SendChecked(UBLK_U_CMD_START_DEV, UBLK_CMD_START_DEV, ref cmd, "START_DEV");
+        Check(Send(UBLK_U_CMD_START_DEV, UBLK_CMD_START_DEV, ref cmd), "START_DEV", devId);
     }
 
     public int StopDev(uint devId)
@@ -198,12 +185,17 @@ public sealed unsafe class UblkControl : IDisposable
         return Send(UBLK_U_CMD_DEL_DEV, UBLK_CMD_DEL_DEV, ref cmd);
     }
 
+    /// <summary>Where the kernel lists its ublk devices: one ublkcN entry per device, until the id is freed.</summary>
+    public const string SysfsCharClass = "/sys/class/ublk-char";
+
+    /// <summary>The kernel still has device <paramref name="id"/> (its id is taken), whatever its state.</summary>
+    public static bool DeviceExists(uint id) => Directory.Exists(SysfsCharClass + "/ublkc" + id);
+
     /// <summary>Ids of the ublk devices the kernel has (from /sys/class/ublk-char), ascending.</summary>
     public static uint[] ListDeviceIds()
     {
-        const string dir = "/sys/class/ublk-char";
-        if (!Directory.Exists(dir)) return [];
-        string[] names = Directory.GetFileSystemEntries(dir, "ublkc*");
+        if (!Directory.Exists(SysfsCharClass)) return [];
+        string[] names = Directory.GetFileSystemEntries(SysfsCharClass, "ublkc*");
         uint[] ids = new uint[names.Length];
         int n = 0;
         foreach (string path in names)

@@ -2,7 +2,6 @@ using System;
 using System.IO;
 using System.Threading;
 using Ublk.Aot.Abi;
-using Ublk.Aot.Backends;
 using Ublk.Aot.Interop;
 using static Ublk.Aot.Abi.UblkConst;
 
@@ -39,27 +38,11 @@ public sealed class UblkDevice : IDisposable
         Caps = caps;
     }
 
-    /// <summary>Checks options against the backend and the kernel's limits; returns a one-line error or null.</summary>
-    public static string? Validate(DeviceOptions o, BackendCaps caps)
-    {
-        if (o.BlockSize != 512 && o.BlockSize != 4096) return "--block-size must be 512 or 4096";
-        if (caps.MinBlockSize > o.BlockSize) return "the backend needs --block-size " + caps.MinBlockSize + " or larger";
-        if (o.Queues < 1 || o.Queues > (int)UBLK_MAX_NR_QUEUES) return "--queues must be between 1 and " + UBLK_MAX_NR_QUEUES;
-        if (o.Depth < 1 || o.Depth > UBLK_MAX_QUEUE_DEPTH) return "--depth must be between 1 and " + UBLK_MAX_QUEUE_DEPTH;
-        int page = Environment.SystemPageSize;
-        if (o.MaxIoBytes < page || o.MaxIoBytes % page != 0 || o.MaxIoBytes > (1u << UBLK_IO_BUF_BITS))
-            return "--max-io must be a multiple of " + page + " between " + page + " and " + (1u << UBLK_IO_BUF_BITS);
-        if (caps.Size == 0) return "the backend size is 0";
-        if (caps.Size % o.BlockSize != 0) return "the backend size " + caps.Size + " is not a multiple of the block size " + o.BlockSize;
-        if (o.Id < -1) return "--id must be a non-negative number";
-        return null;
-    }
-
     /// <summary>Creates and starts the device. On any failure, nothing is left behind in the kernel.</summary>
     public static UblkDevice Create<TBackend>(UblkControl ctrl, DeviceOptions o, TBackend backend, BackendCaps caps, int[] backendFiles)
         where TBackend : struct, IBackend
     {
-        string? err = Validate(o, caps);
+        string? err = o.Validate() ?? o.ValidateFor(caps);
         if (err != null) throw new UblkException(err, Errno.EINVAL);
 
         ublksrv_ctrl_dev_info info = default;
@@ -101,8 +84,8 @@ public sealed class UblkDevice : IDisposable
             // --cpus pins queue q to one CPU; otherwise to the CPUs the block layer maps to this queue.
             int[] cpus = _opts.Cpus is { Length: > 0 } c ? [c[q % c.Length]] : _ctrl.GetQueueAffinity(Id, (ushort)q);
             if (cpus.Length == 0) cpus = [online[q % online.Length]];
-            var queue = new UblkQueue<TBackend>(Id, (ushort)q, Info.queue_depth, Info.max_io_buf_bytes, _charFd,
-                cpus, backendFiles, backend, ioctl, new QueueTuning(_opts.IdleRelease, _opts.FixedBuffers, _opts.HugeBuffers));
+            var geometry = new QueueGeometry(Id, (ushort)q, Info.queue_depth, Info.max_io_buf_bytes);
+            var queue = new UblkQueue<TBackend>(geometry, BufferStrategy.Create(_opts.Buffers), _charFd, cpus, backendFiles, backend, ioctl);
             _queues[q] = queue;
             queue.Start(ready, QueueExited);
         }

@@ -1,7 +1,7 @@
 using System;
 using System.Globalization;
 
-namespace Ublk.Aot.Cli;
+namespace Ublk.Aot.Ublk;
 
 /// <summary>Byte counts as people write them: 4096, 64K, 512M, 1G, 2T (powers of 1024; "KiB"/"KB"/"B" accepted).</summary>
 public static class Sizes
@@ -22,12 +22,9 @@ public static class Sizes
         return true;
     }
 
-    public static ulong Parse(string text, string what)
-    {
-        if (!TryParse(text, out ulong v))
-            throw new UsageException("invalid " + what + " '" + text + "': expected a number with an optional K/M/G/T suffix");
-        return v;
-    }
+    /// <summary>The message for text that <see cref="TryParse"/> refused; callers throw it as their own error type.</summary>
+    public static string Invalid(string text, string what)
+        => "invalid " + what + " '" + text + "': expected a number with an optional K/M/G/T suffix";
 
     public static string Format(ulong bytes)
     {
@@ -38,6 +35,3 @@ public static class Sizes
         return u == 0 ? bytes + " B" : v.ToString(v >= 100 ? "0" : "0.#", CultureInfo.InvariantCulture) + " " + units[u];
     }
 }
-
-/// <summary>Bad command-line input: printed as one line, exit code 2.</summary>
-public sealed class UsageException(string message) : Exception(message);

@@ -4,20 +4,6 @@ using Ublk.Aot.Ublk;
 
 namespace Ublk.Aot.Backends;
 
-/// <summary>Which requests a fault: backend may fail, and how often.</summary>
-public sealed class FaultConfig
-{
-    /// <summary>Probability in [0, 1] that a matching request fails.</summary>
-    public double Rate { get; init; } = 0.1;
-    /// <summary>Bit i set: ublk op i is eligible (READ=0, WRITE=1, FLUSH=2, DISCARD=3, WRITE_ZEROES=5).</summary>
-    public uint OpMask { get; init; } = (1u << UblkConst.UBLK_IO_OP_READ) | (1u << UblkConst.UBLK_IO_OP_WRITE) | (1u << UblkConst.UBLK_IO_OP_FLUSH);
-    public ulong Seed { get; init; } = 0x9E3779B97F4A7C15UL;
-    /// <summary>errno to fail with (EIO by default).</summary>
-    public int Errno { get; init; } = Interop.Errno.EIO;
-    /// <summary>Failures injected, all queues together.</summary>
-    public long Injected;
-}
-
 /// <summary>
 /// fault:…:INNER — wraps any backend and fails a chosen fraction of chosen ops with -errno before they reach it,
 /// so users can test how their stack handles I/O errors. Decisions come from a per-queue xorshift generator.
@@ -59,15 +45,4 @@ public struct FaultBackend<TInner>(TInner inner, FaultConfig config) : IBackend 
     public int Complete(UblkQueue queue, ushort tag, byte subOp, int res) => _inner.Complete(queue, tag, subOp, res);
 
     public void Detach(UblkQueue queue) => _inner.Detach(queue);
-}
-
-public sealed class FaultSpec(FaultConfig config, BackendSpec inner) : BackendSpec
-{
-    public FaultConfig Config { get; } = config;
-    public BackendSpec Inner { get; } = inner;
-    public override string Describe() => "fault(rate=" + Config.Rate.ToString(System.Globalization.CultureInfo.InvariantCulture) + ") over " + Inner.Describe();
-
-    public override TResult Build<TResult>(IBackendConsumer<TResult> consumer) => Inner.BuildWithFaults(consumer, Config);
-
-    public override void Dispose() => Inner.Dispose();
 }

@@ -18,6 +18,10 @@ public struct NullBackend : IBackend
 
 public sealed class NullSpec(ulong size) : LeafSpec<NullBackend>
 {
+    public static readonly BackendKind Kind = new("null", "null:SIZE",
+        "completes every request at once, keeps no data (the stack's ceiling)",
+        (r, rest, _) => new NullSpec(r.PositiveSize(rest, "null size")));
+
     public ulong Size { get; } = size;
     public override string Describe() => "null:" + Size;
     public override BackendCaps Caps => new() { Size = Size, Discard = true, WriteZeroes = true };

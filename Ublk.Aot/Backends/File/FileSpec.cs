@@ -1,0 +1,67 @@
+using Ublk.Aot.Ublk;
+
+namespace Ublk.Aot.Backends;
+
+/// <summary>file:PATH[,size=SIZE][,direct=on|off|auto] — a regular file or a block device.</summary>
+public sealed class FileSpec(BackingFile file) : LeafSpec<FileBackend>
+{
+    public static readonly BackendKind Kind = new("file", "file:PATH[,size=SIZE][,direct=on|off|auto]",
+        "a regular file or block device through the queue's io_uring, O_DIRECT when possible; size= creates or extends (sparse)",
+        Parse);
+
+    public BackingFile File { get; } = file;
+    public override string Describe() => "file:" + File.Path + " (" + File.Size + " bytes" + (File.Direct ? ", O_DIRECT" : ", buffered") + ")";
+
+    protected override FileBackend Make() => new(File);
+    protected override int[] Files => FileBackend.Files(File);
+
+    public override BackendCaps Caps => new()
+        {
+            Size = File.Size,
+            Discard = true,
+            WriteZeroes = true,
+            VolatileCache = true,
+            DiscardGranularity = 4096,
+            MinBlockSize = File.IsBlockDevice && File.Direct ? File.LogicalBlockSize : 512,
+        };
+
+    public override void Dispose() => File.Dispose();
+
+    private static BackendSpec Parse(SpecReader r, string rest, SpecContext context)
+    {
+        string[] parts = rest.Split(',');
+        string path = parts[0];
+        if (path.Length == 0) throw r.Error("needs a path, e.g. file:/data/disk.img");
+        ulong? size = null;
+        bool? direct = null;
+        for (int i = 1; i < parts.Length; i++)
+        {
+            (string k, string v) = r.KeyValue(parts[i]);
+            switch (k)
+            {
+                case "size":
+                    size = r.Size(v, "file size");
+                    if (size == 0) throw r.Error("size must be greater than 0");
+                    break;
+                case "direct":
+                    direct = v switch
+                    {
+                        "on" => true,
+                        "off" => false,
+                        "auto" => null,
+                        _ => throw r.Error("direct must be on, off or auto"),
+                    };
+                    break;
+                default:
+                    throw r.Error("unknown option '" + k + "' (size=, direct=)");
+            }
+        }
+        var file = new BackingFile(path, size, context.ReadOnly, direct);
+        if (file.Size == 0)
+        {
+            file.Dispose();
+            throw new SpecException("backing file " + path + " is empty: give a size with file:" + path + ",size=SIZE");
+        }
+        return new FileSpec(file);
+    }
+}

@@ -1,0 +1,52 @@
+using Ublk.Aot.Abi;
+
+namespace Ublk.Aot.Ublk;
+
+/// <summary>
+/// The contract between a queue and the storage behind it (what kublk.h's ublk_tgt_ops is to kublk). One copy of
+/// the backend struct serves each queue, and queues are generic over the struct, so every call below is a direct
+/// (inlinable) call: no virtual dispatch per I/O. Shared state lives in classes the struct references; per-queue
+/// state lives in the struct copy itself, set up in <see cref="Attach"/>. Every method runs on the queue's thread.
+/// Results follow the kernel's convention: bytes done (READ/WRITE) or 0, else -errno, or <see cref="Backend.Pending"/>.
+/// </summary>
+public interface IBackend
+{
+    /// <summary>Required. Called on the queue thread once its ring and buffers exist, before any I/O.</summary>
+    void Attach(UblkQueue queue);
+
+    /// <summary>
+    /// Required. Handles one request. Return the result, or <see cref="Backend.Pending"/> after queueing SQEs
+    /// with <see cref="UblkQueue.GetTargetSqe"/>.
+    /// </summary>
+    int Submit(UblkQueue queue, ushort tag, in ublksrv_io_desc iod);
+
+    /// <summary>
+    /// Required if Submit ever returns Pending. A CQE of an SQE this backend queued for <paramref name="tag"/>.
+    /// Return the request's result, or Pending after queueing more SQEs.
+    /// </summary>
+    int Complete(UblkQueue queue, ushort tag, byte subOp, int res);
+
+    /// <summary>Required. Called on the queue thread after its loop ended, before the ring and buffers go.</summary>
+    void Detach(UblkQueue queue);
+}
+
+/// <summary>What a backend offers the block layer; turned into ublk_params by the device.</summary>
+public struct BackendCaps
+{
+    public ulong Size;
+    public bool Discard;
+    public bool WriteZeroes;
+    /// <summary>Writes may sit in a volatile cache: FLUSH and FUA matter (UBLK_ATTR_VOLATILE_CACHE | UBLK_ATTR_FUA).</summary>
+    public bool VolatileCache;
+    public bool ReadOnly;
+    public bool Rotational;
+    public uint DiscardGranularity;
+    /// <summary>Smallest logical block size the backend can serve (e.g. 4096 for a 4K-sector device opened O_DIRECT).</summary>
+    public uint MinBlockSize;
+}
+
+public static class Backend
+{
+    /// <summary>The request is in flight in the backend; its result comes through Complete.</summary>
+    public const int Pending = int.MinValue;
+}
