@@ -657,6 +657,51 @@ public sealed unsafe class IoUringTests
     }
 
     /// <summary>
+    /// Cancel racing Dispose never writes to a file that reused the closed eventfd's number: a thread cancels
+    /// without pause while the owner disposes and at once opens a sentinel eventfd (it gets the lowest free number,
+    /// which is usually the one just closed). Any 8 bytes the sentinel receives came from a stray Cancel.
+    /// </summary>
+    [Fact]
+    public void Cancel_racing_Dispose_never_writes_to_a_reused_fd()
+    {
+        int reused = 0;
+        for (int i = 0; i < 300; i++)
+        {
+            var ring = new IoUring(4, new IoUringOptions { Cancellable = true });
+            using var go = new ManualResetEventSlim(false);
+            bool stop = false;
+            var canceller = new Thread(() =>
+            {
+                go.Set();
+                while (!Volatile.Read(ref stop)) ring.Cancel();
+            });
+            canceller.Start();
+            go.Wait();
+            int before = ring.Fd;
+            ring.Dispose();
+            // Two sentinels take the two lowest free numbers: normally the ring's and its eventfd's, just closed.
+            int s1 = Libc.EventFd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK);
+            int s2 = Libc.EventFd(0, Libc.EFD_CLOEXEC | Libc.EFD_NONBLOCK);
+            Assert.True(s1 >= 0 && s2 >= 0, $"eventfd failed: {En(Errno.Last)}");
+            try
+            {
+                Thread.Sleep(1); // the canceller keeps calling Cancel on the disposed ring meanwhile
+                Volatile.Write(ref stop, true);
+                canceller.Join();
+                if (s1 == before || s2 == before) reused++;
+                foreach (int s in new[] { s1, s2 })
+                {
+                    ulong v = 0;
+                    nint n = Libc.Read(s, &v, 8);
+                    Assert.True(n < 0 && Errno.Last == Errno.EAGAIN, $"iteration {i}: the sentinel fd {s} received {v} from a Cancel after Dispose");
+                }
+            }
+            finally { Libc.Close(s1); Libc.Close(s2); }
+        }
+        Assert.True(reused > 0, "the sentinel never reused a number the ring had closed: the test did not exercise the race");
+    }
+
+    /// <summary>
     /// On a DEFER_TASKRUN ring completions that arrive later (here an eventfd read woken by a write) are only
     /// posted inside io_uring_enter(GETEVENTS): Submit() with nothing to submit must still reap them.
     /// </summary>

@@ -32,19 +32,17 @@ public static class Serve
                 if (i + 1 >= argv.Length) throw new UsageException("serve: " + arg + " needs a value");
                 return argv[++i];
             }
-            // Numbers are only parsed here; their limits are checked once, by DeviceOptions.Validate, below.
+            // The limits and their wording live in DeviceOptions (from the kernel's constants): a value out of range is
+            // refused here in those words, and Validate checks the whole set below.
             switch (arg)
             {
                 case "--backend": a.Backend = Value(); break;
                 case "--queues": d.Queues = Int(DeviceOptions.QueuesRange, Value()); break;
                 case "--depth": d.Depth = Int(DeviceOptions.DepthRange, Value()); break;
                 case "--block-size":
-                {
-                    string v = Value();
-                    if (!uint.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out uint bs)) throw new UsageException("serve: --block-size must be 512 or 4096");
-                    d.BlockSize = bs;
+                    // Not a number: 0, which Validate refuses in its own words.
+                    d.BlockSize = uint.TryParse(Value(), NumberStyles.None, CultureInfo.InvariantCulture, out uint bs) ? bs : 0;
                     break;
-                }
                 case "--max-io":
                 {
                     string v = Value();
