@@ -51,15 +51,18 @@ public sealed class ServerProcess : IDisposable
     }
 
     /// <summary>Starts `serve ARGS` and waits until the device is live (fails the test otherwise).</summary>
-    public static ServerProcess Start(string args, int timeoutMs = 60_000)
+    public static ServerProcess Start(string args, int timeoutMs = 60_000) => StartCommand("serve " + args, timeoutMs);
+
+    /// <summary>Starts `ublk-aot COMMAND_LINE` (serve or recover) and waits until it prints its live device.</summary>
+    public static ServerProcess StartCommand(string commandLine, int timeoutMs = 60_000)
     {
         IntegrationEnv.Require();
-        var s = new ServerProcess("serve " + args);
+        var s = new ServerProcess(commandLine);
         if (!s._firstLine.Wait(timeoutMs) || s._device == null)
         {
             string exit = s._p.HasExited ? "exit " + s._p.ExitCode : "still running";
             s.Dispose();
-            Assert.Fail("serve " + args + " did not come up within " + timeoutMs + " ms (" + exit + ")\nstdout: " + s.Stdout + "\nstderr: " + s.Stderr);
+            Assert.Fail(commandLine + " did not come up within " + timeoutMs + " ms (" + exit + ")\nstdout: " + s.Stdout + "\nstderr: " + s.Stderr);
         }
         // The node appears a moment after the path is printed on slow guests.
         for (int i = 0; i < 200 && !File.Exists(s._device); i++) Thread.Sleep(25);
@@ -95,6 +98,15 @@ public sealed class ServerProcess : IDisposable
         return sum;
     }
 
+    private bool _keepDevice;
+
+    /// <summary>Disposes the (killed) process but leaves its device to the kernel: it waits for a recovery.</summary>
+    public void DisposeKeepingDevice()
+    {
+        _keepDevice = true;
+        Dispose();
+    }
+
     public void Dispose()
     {
         if (!_p.HasExited)
@@ -102,7 +114,7 @@ public sealed class ServerProcess : IDisposable
             Signal(15);
             if (!_p.WaitForExit(30_000)) { try { _p.Kill(true); } catch (InvalidOperationException) { } _p.WaitForExit(10_000); }
         }
-        if (_device != null && Directory.Exists("/sys/class/ublk-char/ublkc" + Id))
+        if (_device != null && !_keepDevice && Directory.Exists("/sys/class/ublk-char/ublkc" + Id))
             IntegrationEnv.UblkAot("del " + Id, 30_000);
         _p.Dispose();
         _firstLine.Dispose();

@@ -21,13 +21,21 @@ public static class CommandLine
         usage: ublk-aot COMMAND [OPTIONS]
 
           serve --backend SPEC [--queues N] [--depth N] [--block-size 512|4096] [--max-io BYTES]
-                [--read-only] [--id N] [--cpus LIST] [--idle-release SECONDS] [--fixed-buffers] [--huge-buffers] [--stats]
+                [--read-only] [--id N] [--cpus LIST] [--idle-release SECONDS] [--fixed-buffers] [--huge-buffers]
+                [--recovery reissue|fail-io|off] [--stats]
                     create /dev/ublkbN served by this process until SIGINT/SIGTERM;
+                    --recovery: the device outlives this server's death and waits for `recover`
+                    (reissue: I/O waits and requests in flight are re-issued; fail-io: I/O fails meanwhile);
+                    with --id N, a device N whose server died is recovered instead of created;
                     a queue idle for --idle-release seconds (20; 0 = never) frees its buffers' pages;
                     --fixed-buffers registers them with io_uring for file I/O (pins depth x max-io per queue);
                     --huge-buffers puts them on transparent huge pages
-          list [--json]     the kernel's ublk devices
-          del ID | --all    stop and remove ublk devices
+          recover ID [--backend SPEC [serve options]] [--stats]
+                    serve device ID again after its server died (SPEC and options from its state file
+                    in /run/ublk-aot unless given)
+          list [--json]     the kernel's ublk devices, their state and whether their server is alive
+          del ID | --all | --dead
+                    stop and remove ublk devices (--dead: those whose server is gone)
           features [--json] the ublk features of the running kernel
           --version         print the version
 
@@ -51,9 +59,10 @@ public static class CommandLine
                 "help" or "--help" or "-h" => PrintHelp(),
                 "features" => Features(rest),
                 "serve" => Serve.Run(rest),
+                "recover" => Serve.Recover(rest),
                 "list" => ListDevices(rest),
                 "del" => Delete(rest),
-                _ => throw new UsageException("unknown command '" + cmd + "' (serve, list, del, features, --version)"),
+                _ => throw new UsageException("unknown command '" + cmd + "' (serve, recover, list, del, features, --version)"),
             };
         }
         catch (UblkAotException e)
@@ -134,7 +143,7 @@ public static class CommandLine
         uint[] ids = UblkControl.ListDeviceIds();
         Utf8JsonWriter? w = null;
         if (json) { w = NewJsonWriter(); w.WriteStartArray(); }
-        else Console.WriteLine("ID   STATE     QUEUES DEPTH  SIZE          PID      BLOCK");
+        else Console.WriteLine("ID   STATE     QUEUES DEPTH  SIZE          PID      SERVER RECOVERY BLOCK");
         foreach (uint id in ids)
         {
             if (ctrl.TryGetDevInfo(id, out ublksrv_ctrl_dev_info info) < 0) continue;
@@ -142,6 +151,8 @@ public static class CommandLine
             try { size = ctrl.GetParams(id).basic.dev_sectors << 9; } catch (UblkException) { }
             string state = UblkConst.StateName(info.state);
             string block = File.Exists("/dev/ublkb" + id) ? "/dev/ublkb" + id : "-";
+            bool alive = ServerAlive(info);
+            string recovery = RecoveryOf(info);
             if (w != null)
             {
                 w.WriteStartObject();
@@ -154,24 +165,51 @@ public static class CommandLine
                 w.WriteNumber("pid", info.ublksrv_pid);
                 w.WriteString("flags", "0x" + info.flags.ToString("x", CultureInfo.InvariantCulture));
                 w.WriteString("block", block);
+                w.WriteBoolean("server_alive", alive);
+                w.WriteString("recovery", recovery);
+                w.WriteBoolean("waits_for_recovery", UblkDevice.WaitsForRecovery(info));
+                if (StateFile.Exists(id)) w.WriteString("state_file", StateFile.PathOf(id));
+                else w.WriteNull("state_file");
                 w.WriteEndObject();
             }
             else
             {
-                Console.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0,-4} {1,-9} {2,6} {3,5}  {4,-13} {5,-8} {6}",
-                    id, state, info.nr_hw_queues, info.queue_depth, Sizes.Format(size), info.ublksrv_pid, block));
+                Console.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0,-4} {1,-9} {2,6} {3,5}  {4,-13} {5,-8} {6,-6} {7,-8} {8}",
+                    id, state, info.nr_hw_queues, info.queue_depth, Sizes.Format(size), info.ublksrv_pid, alive ? "alive" : "gone",
+                    recovery, block));
             }
         }
         if (w != null) { w.WriteEndArray(); w.Flush(); w.Dispose(); Console.WriteLine(); }
         return 0;
     }
 
+    /// <summary>The device's server process exists (the kernel's pid; 6.12 keeps a dead server's pid, so ask the process table).</summary>
+    internal static bool ServerAlive(in ublksrv_ctrl_dev_info info)
+        => info.ublksrv_pid > 0 && (Libc.Kill(info.ublksrv_pid, 0) == 0 || Errno.Last == Errno.EPERM);
+
+    /// <summary>"reissue", "fail-io", "recovery" (USER_RECOVERY alone) or "off", from the device's flags.</summary>
+    internal static string RecoveryOf(in ublksrv_ctrl_dev_info info)
+    {
+        if ((info.flags & UblkConst.UBLK_F_USER_RECOVERY) == 0) return "off";
+        if ((info.flags & UblkConst.UBLK_F_USER_RECOVERY_FAIL_IO) != 0) return "fail-io";
+        return (info.flags & UblkConst.UBLK_F_USER_RECOVERY_REISSUE) != 0 ? "reissue" : "recovery";
+    }
+
     private static int Delete(string[] args)
     {
-        if (args.Length != 1) throw new UsageException("del: expected one device id or --all");
+        if (args.Length != 1) throw new UsageException("del: expected one device id, --all or --dead");
+        if (args[0] != "--all" && args[0] != "--dead" && !uint.TryParse(args[0], NumberStyles.None, CultureInfo.InvariantCulture, out _))
+            throw new UsageException("del: '" + args[0] + "' is not a device id");
         using var ctrl = new UblkControl();
         uint[] ids;
         if (args[0] == "--all") ids = UblkControl.ListDeviceIds();
+        else if (args[0] == "--dead")
+        {
+            var dead = new List<uint>();
+            foreach (uint d in UblkControl.ListDeviceIds())
+                if (ctrl.TryGetDevInfo(d, out ublksrv_ctrl_dev_info di) == 0 && (di.state != UblkConst.UBLK_S_DEV_LIVE || !ServerAlive(di))) dead.Add(d);
+            ids = dead.ToArray();
+        }
         else if (uint.TryParse(args[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id))
         {
             if (ctrl.TryGetDevInfo(id, out _) < 0) throw new UsageException("del: no ublk device " + id);
@@ -192,6 +230,7 @@ public static class CommandLine
                 failed++;
                 continue;
             }
+            StateFile.Delete(id);
             if (!WaitGone(id, 10_000))
                 Console.Error.WriteLine("ublk-aot: del " + id + ": deletion pending (a process still holds /dev/ublkc" + id + " or /dev/ublkb" + id + ")");
         }

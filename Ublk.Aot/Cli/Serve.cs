@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.Globalization;
+using System.IO;
 using System.Runtime.InteropServices;
 using System.Threading;
 using Ublk.Aot.Abi;
@@ -18,9 +19,11 @@ public static class Serve
         public string? Backend;
         public DeviceOptions Device = new();
         public bool Stats;
+        /// <summary>`recover`: the device must be waiting for recovery (no new device is made).</summary>
+        public bool MustRecover;
     }
 
-    public static Args Parse(string[] argv)
+    public static Args Parse(string[] argv, bool backendRequired = true)
     {
         var a = new Args();
         DeviceOptions d = a.Device;
@@ -57,12 +60,18 @@ public static class Serve
                 case "--stats": a.Stats = true; break;
                 case "--fixed-buffers": d.FixedBuffers = true; break;
                 case "--huge-buffers": d.HugeBuffers = true; break;
+                case "--recovery":
+                {
+                    string v = Value();
+                    d.Recovery = StateFile.ParseRecovery(v) ?? throw new UsageException("serve: --recovery must be reissue, fail-io or off, got '" + v + "'");
+                    break;
+                }
                 case "--idle-release": d.IdleRelease = TimeSpan.FromSeconds(Int(DeviceOptions.IdleReleaseRange, Value())); break;
                 default: throw new UsageException("serve: unknown option '" + arg + "'");
             }
         }
         if (d.Validate() is { } invalid) throw new UsageException("serve: " + invalid);
-        if (a.Backend == null) throw new UsageException("serve: --backend SPEC is required (" + BackendTable.Syntax + ")");
+        if (a.Backend == null && backendRequired) throw new UsageException("serve: --backend SPEC is required (" + BackendTable.Syntax + ")");
         return a;
     }
 
@@ -94,9 +103,34 @@ public static class Serve
         return cpus.ToArray();
     }
 
-    public static int Run(string[] argv)
+    public static int Run(string[] argv) => Run(Parse(argv));
+
+    /// <summary>
+    /// ublk-aot recover ID [--backend SPEC [serve options]] [--stats]: a new server for device ID, whose server died.
+    /// Without --backend, the SPEC and options come from the device's state file.
+    /// </summary>
+    public static int Recover(string[] argv)
     {
-        Args a = Parse(argv);
+        if (argv.Length == 0 || !uint.TryParse(argv[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id) || id > int.MaxValue - 1)
+            throw new UsageException("recover: expected a device id, got '" + (argv.Length == 0 ? "" : argv[0]) + "'");
+        Args a = Parse(argv[1..], backendRequired: false);
+        if (a.Backend == null)
+        {
+            foreach (string arg in argv[1..])
+                if (arg != "--stats") throw new UsageException("recover: " + arg + " needs --backend SPEC (without it, everything comes from " + StateFile.PathOf(id) + ")");
+            StateFile.State st = StateFile.Read(id)
+                ?? throw new UsageException("recover: no state file " + StateFile.PathOf(id) + " for ublk device " + id + ": give --backend SPEC");
+            a.Backend = st.Backend;
+            a.Device = st.Device;
+            if (a.Device.Validate() is { } invalid) throw new UsageException("recover: " + StateFile.PathOf(id) + ": " + invalid);
+        }
+        a.Device.Id = (int)id;
+        a.MustRecover = true;
+        return Run(a);
+    }
+
+    private static int Run(Args a)
+    {
         BackendSpec spec = BackendTable.Parse(a.Backend!, new SpecContext(a.Device.ReadOnly));
         using (spec)
         {
@@ -119,9 +153,18 @@ public static class Serve
             catch (UblkException e) { throw new UsageException(e.Message); }
             using (ctrl)
             {
+                // serve --id N on a device whose server died recovers it (a service manager's restart just works).
+                bool recover = a.MustRecover;
+                if (!recover && a.Device.Id >= 0 && ctrl.TryGetDevInfo((uint)a.Device.Id, out ublksrv_ctrl_dev_info existing) == 0)
+                    recover = UblkDevice.WaitsForRecovery(existing);
                 UblkDevice dev;
-                try { dev = UblkDevice.Create(ctrl, a.Device, backend, caps, files); }
-                catch (UblkException e) when (e.Errno is Errno.EEXIST or Errno.EACCES or Errno.EPERM or Errno.EINVAL)
+                try
+                {
+                    dev = recover
+                        ? UblkDevice.Recover(ctrl, (uint)a.Device.Id, a.Device, backend, caps, files, RecoveryStartTimeout, d => SaveState(d, a))
+                        : UblkDevice.Create(ctrl, a.Device, backend, caps, files, d => SaveState(d, a));
+                }
+                catch (UblkException e) when (e.Errno is Errno.EEXIST or Errno.EACCES or Errno.EPERM or Errno.EINVAL or Errno.EOPNOTSUPP or Errno.ENODEV or Errno.EBUSY)
                 {
                     throw new UsageException(e.Message);
                 }
@@ -131,9 +174,10 @@ public static class Serve
                     Console.Out.WriteLine(dev.BlockDevicePath);
                     Console.Out.Flush();
                     ublksrv_ctrl_dev_info info = dev.Info;
-                    Console.Error.WriteLine("ublk-aot: serving " + spec.Describe() + " as " + dev.BlockDevicePath + ": " + Sizes.Format(caps.Size) +
+                    Console.Error.WriteLine("ublk-aot: " + (dev.Recovered ? "recovered " + dev.BlockDevicePath + ", serving " : "serving ") + spec.Describe() + " as " + dev.BlockDevicePath + ": " + Sizes.Format(caps.Size) +
                         ", " + info.nr_hw_queues + " queue(s) x depth " + info.queue_depth + ", block " + a.Device.BlockSize +
                         ", max io " + Sizes.Format(info.max_io_buf_bytes) + (a.Device.ReadOnly ? ", read-only" : "") +
+                        ", recovery " + DeviceOptions.RecoveryName(a.Device.Recovery) +
                         ", kernel features 0x" + ctrl.Features.ToString("x", CultureInfo.InvariantCulture));
                     why = Wait(ctrl, dev, stop);
                     Console.Error.WriteLine("ublk-aot: " + why + "; stopping " + dev.BlockDevicePath);
@@ -144,9 +188,27 @@ public static class Serve
                     if (q.Failure is { } f) { Console.Error.WriteLine("ublk-aot: queue " + q.QueueId + ": " + f.Message); failed = true; }
                 }
                 if (a.Stats) PrintStats(dev);
+                StateFile.Delete(dev.Id);
                 Console.Error.WriteLine("ublk-aot: " + dev.BlockDevicePath + " removed");
                 return failed ? 1 : 0;
             }
+        }
+    }
+
+    /// <summary>How long START_USER_RECOVERY is retried while the dead server's /dev/ublkcN is still being released.</summary>
+    private static readonly TimeSpan RecoveryStartTimeout = TimeSpan.FromSeconds(30);
+
+    /// <summary>A recoverable device's SPEC and options go to its state file before it goes live.</summary>
+    private static void SaveState(UblkDevice dev, Args a)
+    {
+        DeviceOptions o = a.Device;
+        if (dev.Recovered && o.Recovery == RecoveryMode.Off)
+            o.Recovery = (dev.Info.flags & UblkConst.UBLK_F_USER_RECOVERY_FAIL_IO) != 0 ? RecoveryMode.FailIo : RecoveryMode.Reissue;
+        if (o.Recovery == RecoveryMode.Off) return;
+        try { StateFile.Write(dev.Id, a.Backend!, o); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UblkException("cannot write the state file " + StateFile.PathOf(dev.Id) + ": " + e.Message);
         }
     }
 

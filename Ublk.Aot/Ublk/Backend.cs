@@ -41,6 +41,8 @@ public struct BackendCaps
     public bool ReadOnly;
     public bool Rotational;
     public uint DiscardGranularity;
+    /// <summary>The data lives in the server process (mem:): a recovered device would silently read zeros, so --recovery is refused.</summary>
+    public bool DataDiesWithServer;
     /// <summary>Smallest logical block size the backend can serve (e.g. 4096 for a 4K-sector device opened O_DIRECT).</summary>
     public uint MinBlockSize;
 }

@@ -12,6 +12,17 @@ public readonly record struct OptionRange(string Option, long Min, long Max)
     public string Refuse(string got) => Option + " must be a number between " + Min + " and " + Max + ", got '" + got + "'";
 }
 
+/// <summary>What the kernel does with the device when its server dies (UBLK_F_USER_RECOVERY and friends).</summary>
+public enum RecoveryMode
+{
+    /// <summary>The device dies with its server (DEAD); only `del` removes it.</summary>
+    Off,
+    /// <summary>USER_RECOVERY | USER_RECOVERY_REISSUE: I/O waits for a new server; requests in flight are re-issued to it.</summary>
+    Reissue,
+    /// <summary>USER_RECOVERY | USER_RECOVERY_FAIL_IO (6.13+): while no server is attached, I/O fails at once.</summary>
+    FailIo,
+}
+
 /// <summary>How to shape a ublk device. Checked by <see cref="Validate()"/> and <see cref="ValidateFor"/>, the only checks.</summary>
 public sealed class DeviceOptions
 {
@@ -59,7 +70,26 @@ public sealed class DeviceOptions
     /// </summary>
     public bool HugeBuffers { get; set; }
 
+    /// <summary>What happens to the device when this server dies; see <see cref="RecoveryMode"/>.</summary>
+    public RecoveryMode Recovery { get; set; }
+
     public BufferOptions Buffers => new(IdleRelease, FixedBuffers, HugeBuffers);
+
+    /// <summary>The UBLK_F_* flags <paramref name="mode"/> asks ADD_DEV for.</summary>
+    public static ulong RecoveryFlags(RecoveryMode mode) => mode switch
+    {
+        RecoveryMode.Reissue => UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE,
+        RecoveryMode.FailIo => UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_FAIL_IO,
+        _ => 0,
+    };
+
+    /// <summary>The --recovery word of a mode.</summary>
+    public static string RecoveryName(RecoveryMode mode) => mode switch
+    {
+        RecoveryMode.Reissue => "reissue",
+        RecoveryMode.FailIo => "fail-io",
+        _ => "off",
+    };
 
     /// <summary>Checks the options on their own (before any backend is opened); returns a one-line error or null.</summary>
     public string? Validate()
@@ -90,6 +120,8 @@ public sealed class DeviceOptions
         if (caps.MinBlockSize > BlockSize) return "the backend needs --block-size " + caps.MinBlockSize + " or larger";
         if (caps.Size == 0) return "the backend size is 0";
         if (caps.Size % BlockSize != 0) return "the backend size " + caps.Size + " is not a multiple of the block size " + BlockSize;
+        if (Recovery != RecoveryMode.Off && caps.DataDiesWithServer)
+            return "--recovery: this backend's data lives in the server process and dies with it (use file:, or no --recovery)";
         return null;
     }
 }

@@ -167,6 +167,28 @@ public sealed unsafe class UblkControl : IDisposable
         Check(Send(UBLK_U_CMD_START_DEV, UBLK_CMD_START_DEV, ref cmd), "START_DEV", devId);
     }
 
+    /// <summary>
+    /// START_USER_RECOVERY: the device (QUIESCED or FAIL_IO) is to get a new server. Returns 0 or -errno: EBUSY while
+    /// the dead server's /dev/ublkcN is not yet fully released (retry), EINVAL on a device without USER_RECOVERY or,
+    /// on 6.12, one whose queues never became ready.
+    /// </summary>
+    public int StartUserRecovery(uint devId)
+    {
+        ublksrv_ctrl_cmd cmd = NewCmd(devId);
+        return Send(UBLK_U_CMD_START_USER_RECOVERY, UBLK_CMD_START_USER_RECOVERY, ref cmd);
+    }
+
+    /// <summary>
+    /// END_USER_RECOVERY: blocks in the kernel until every tag of every queue has its FETCH, then the device is LIVE
+    /// again with <paramref name="serverPid"/> (7.x checks it is the process that opened /dev/ublkcN).
+    /// </summary>
+    public void EndUserRecovery(uint devId, int serverPid)
+    {
+        ublksrv_ctrl_cmd cmd = NewCmd(devId);
+        cmd.data0 = (ulong)serverPid;
+        Check(Send(UBLK_U_CMD_END_USER_RECOVERY, UBLK_CMD_END_USER_RECOVERY, ref cmd), "END_USER_RECOVERY", devId);
+    }
+
     public int StopDev(uint devId)
     {
         ublksrv_ctrl_cmd cmd = NewCmd(devId);

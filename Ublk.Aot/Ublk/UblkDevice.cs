@@ -8,7 +8,8 @@ using static Ublk.Aot.Abi.UblkConst;
 namespace Ublk.Aot.Ublk;
 
 /// <summary>
-/// A live ublk device: ADD_DEV → SET_PARAMS → queue threads submit their FETCH_REQs → START_DEV.
+/// A live ublk device: ADD_DEV → SET_PARAMS → queue threads submit their FETCH_REQs → START_DEV; or, for a device
+/// whose server died (USER_RECOVERY): START_USER_RECOVERY → queue threads and FETCH_REQs → END_USER_RECOVERY.
 /// <see cref="Dispose"/> tears it down in the order the kernel needs (see AGENTS.md, "Shutdown order").
 /// </summary>
 public sealed class UblkDevice : IDisposable
@@ -18,11 +19,16 @@ public sealed class UblkDevice : IDisposable
     private UblkQueue[] _queues = [];
     private int _charFd = -1;
     private bool _started;
+    // Dispose deletes the device only if this process owns it: it added it, or recovered it to LIVE. A recovery that
+    // failed half-way leaves the device to the kernel (it waits for the next recovery, or for `del`).
+    private bool _owned;
     private int _disposed;
 
     public uint Id { get; }
     public ublksrv_ctrl_dev_info Info { get; private set; }
     public BackendCaps Caps { get; }
+    /// <summary>This server took over a device whose server had died (START/END_USER_RECOVERY).</summary>
+    public bool Recovered { get; private set; }
     public string BlockDevicePath => "/dev/ublkb" + Id;
     public string CharDevicePath => "/dev/ublkc" + Id;
     public UblkQueue[] Queues => _queues;
@@ -38,12 +44,21 @@ public sealed class UblkDevice : IDisposable
         Caps = caps;
     }
 
-    /// <summary>Creates and starts the device. On any failure, nothing is left behind in the kernel.</summary>
-    public static UblkDevice Create<TBackend>(UblkControl ctrl, DeviceOptions o, TBackend backend, BackendCaps caps, int[] backendFiles)
+    /// <summary>
+    /// Creates and starts the device. <paramref name="beforeStart"/> runs once the id is known and the queues are
+    /// ready, just before START_DEV (e.g. to persist what a later recovery needs). On any failure, nothing is left
+    /// behind in the kernel.
+    /// </summary>
+    public static UblkDevice Create<TBackend>(UblkControl ctrl, DeviceOptions o, TBackend backend, BackendCaps caps, int[] backendFiles,
+        Action<UblkDevice>? beforeStart = null)
         where TBackend : struct, IBackend
     {
         string? err = o.Validate() ?? o.ValidateFor(caps);
         if (err != null) throw new UblkException(err, Errno.EINVAL);
+        ulong recovery = DeviceOptions.RecoveryFlags(o.Recovery);
+        if ((ctrl.Features & recovery) != recovery)
+            throw new UblkException("--recovery " + DeviceOptions.RecoveryName(o.Recovery) + " needs " + MissingFeatures(ctrl.Features, recovery) +
+                ", which this kernel (" + KernelRelease() + ", ublk features 0x" + ctrl.Features.ToString("x") + ") does not have", Errno.EOPNOTSUPP);
 
         ublksrv_ctrl_dev_info info = default;
         info.nr_hw_queues = (ushort)o.Queues;
@@ -52,13 +67,22 @@ public sealed class UblkDevice : IDisposable
         info.dev_id = o.Id < 0 ? uint.MaxValue : (uint)o.Id;
         info.ublksrv_pid = Environment.ProcessId;
         // Ask only for what the kernel has: CMD_IOCTL_ENCODE makes the I/O commands ioctl-encoded too.
-        info.flags = ctrl.Features & UBLK_F_CMD_IOCTL_ENCODE;
+        info.flags = (ctrl.Features & UBLK_F_CMD_IOCTL_ENCODE) | recovery;
         info = ctrl.AddDev(info);
 
-        var dev = new UblkDevice(ctrl, o, info.dev_id, caps) { Info = info };
+        var dev = new UblkDevice(ctrl, o, info.dev_id, caps) { Info = info, _owned = true };
         try
         {
-            dev.Start(backend, backendFiles);
+            // A kernel that does not know a flag drops it silently (6.12 masks ADD_DEV's flags with its UBLK_F_ALL).
+            if ((info.flags & recovery) != recovery)
+                throw new UblkException("ublk device " + info.dev_id + ": the kernel dropped the recovery flags " + MissingFeatures(info.flags, recovery), Errno.EOPNOTSUPP);
+            ctrl.SetParams(dev.Id, BuildParams(o, caps, info));
+            dev.StartQueues(backend, backendFiles);
+            beforeStart?.Invoke(dev);
+            ctrl.StartDev(dev.Id, Environment.ProcessId);
+            dev._started = true;
+            dev.Info = ctrl.GetDevInfo(dev.Id);
+            WaitForNode(dev.BlockDevicePath);
             return dev;
         }
         catch
@@ -68,9 +92,89 @@ public sealed class UblkDevice : IDisposable
         }
     }
 
-    private void Start<TBackend>(TBackend backend, int[] backendFiles) where TBackend : struct, IBackend
+    /// <summary>The device is waiting for a new server (its server died with USER_RECOVERY set).</summary>
+    public static bool WaitsForRecovery(in ublksrv_ctrl_dev_info info)
+        => (info.flags & UBLK_F_USER_RECOVERY) != 0 && (info.state == UBLK_S_DEV_QUIESCED || info.state == UBLK_S_DEV_FAIL_IO);
+
+    /// <summary>
+    /// Attaches this process as the new server of device <paramref name="id"/>, whose server died. The device's own
+    /// layout (queues, depth, max io, from GET_DEV_INFO) is served; <paramref name="o"/> and the backend must match
+    /// the device's size, block size and read-only attribute, or the recovery is refused before anything changes.
+    /// <paramref name="beforeEnd"/> runs just before END_USER_RECOVERY. On failure after START_USER_RECOVERY the
+    /// device is left to the kernel, waiting for the next recovery or for `del` (never deleted here).
+    /// </summary>
+    public static UblkDevice Recover<TBackend>(UblkControl ctrl, uint id, DeviceOptions o, TBackend backend, BackendCaps caps, int[] backendFiles,
+        TimeSpan startTimeout, Action<UblkDevice>? beforeEnd = null)
+        where TBackend : struct, IBackend
     {
-        _ctrl.SetParams(Id, BuildParams(_opts, Caps, Info));
+        string? err = o.Validate() ?? o.ValidateFor(caps);
+        if (err != null) throw new UblkException(err, Errno.EINVAL);
+        if (ctrl.TryGetDevInfo(id, out ublksrv_ctrl_dev_info info) < 0) throw new UblkException("no ublk device " + id, Errno.ENODEV);
+        if ((info.flags & UBLK_F_USER_RECOVERY) == 0)
+            throw new UblkException("ublk device " + id + " was created without --recovery: it cannot be recovered (remove it with: ublk-aot del " + id + ")", Errno.EINVAL);
+        if (!WaitsForRecovery(info))
+            throw new UblkException("ublk device " + id + " is " + StateName(info.state) + (info.state == UBLK_S_DEV_LIVE ? " (server pid " + info.ublksrv_pid + ")" : "") +
+                ": only a device whose server died can be recovered", Errno.EBUSY);
+        ublk_params p = ctrl.GetParams(id);
+        string? mismatch = Mismatch(p, o, caps);
+        if (mismatch != null) throw new UblkException("ublk device " + id + ": " + mismatch, Errno.EINVAL);
+
+        // The dead server's /dev/ublkcN may still be being released (EBUSY): retry until the deadline.
+        var wait = System.Diagnostics.Stopwatch.StartNew();
+        int rc;
+        while ((rc = ctrl.StartUserRecovery(id)) == -Errno.EBUSY && wait.Elapsed < startTimeout) Thread.Sleep(100);
+        if (rc < 0)
+            throw new UblkException("START_USER_RECOVERY on ublk device " + id + " failed: " + Errno.Name(rc) +
+                (rc == -Errno.EBUSY ? " (its dead server still holds /dev/ublkc" + id + " after " + (int)startTimeout.TotalSeconds + " s)" : ""), rc);
+
+        var dev = new UblkDevice(ctrl, o, id, caps) { Info = info };
+        try
+        {
+            dev.StartQueues(backend, backendFiles);
+            beforeEnd?.Invoke(dev);
+            ctrl.EndUserRecovery(id, Environment.ProcessId);
+            dev._started = dev._owned = true;
+            dev.Recovered = true;
+            dev.Info = ctrl.GetDevInfo(id);
+            return dev;
+        }
+        catch
+        {
+            dev.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Why a backend and options cannot serve the device described by <paramref name="p"/>, or null.</summary>
+    internal static string? Mismatch(in ublk_params p, DeviceOptions o, BackendCaps caps)
+    {
+        ulong size = p.basic.dev_sectors << 9;
+        if (size != caps.Size) return "the backend has " + caps.Size + " bytes, the device " + size;
+        uint block = 1u << p.basic.logical_bs_shift;
+        if (block != o.BlockSize) return "the device has block size " + block + ", not " + o.BlockSize;
+        bool ro = (p.basic.attrs & UBLK_ATTR_READ_ONLY) != 0;
+        if (ro != (o.ReadOnly || caps.ReadOnly)) return ro ? "the device is read-only: recover it with --read-only" : "the device is writable, the backend or options read-only";
+        return null;
+    }
+
+    private static string MissingFeatures(ulong have, ulong want)
+    {
+        var names = new System.Collections.Generic.List<string>();
+        for (int bit = 0; bit < FeatureNames.Length; bit++)
+            if ((want & ~have & (1UL << bit)) != 0) names.Add("UBLK_F_" + FeatureNames[bit]);
+        return string.Join(" + ", names);
+    }
+
+    /// <summary>The running kernel's release, for messages.</summary>
+    public static string KernelRelease()
+    {
+        try { return File.ReadAllText("/proc/sys/kernel/osrelease").Trim(); }
+        catch (IOException) { return "unknown kernel"; }
+        catch (UnauthorizedAccessException) { return "unknown kernel"; }
+    }
+
+    private void StartQueues<TBackend>(TBackend backend, int[] backendFiles) where TBackend : struct, IBackend
+    {
         _charFd = OpenCharDevice();
 
         // The kernel may clamp the queue count (to the CPU count): use what it granted.
@@ -92,11 +196,6 @@ public sealed class UblkDevice : IDisposable
         ready.Wait();
         foreach (UblkQueue q in _queues)
             if (q.Failure is { } f) throw new UblkException("queue " + q.QueueId + " of ublk device " + Id + " failed to start: " + f.Message);
-
-        _ctrl.StartDev(Id, Environment.ProcessId);
-        _started = true;
-        Info = _ctrl.GetDevInfo(Id);
-        WaitForNode(BlockDevicePath);
     }
 
     internal static ublk_params BuildParams(DeviceOptions o, BackendCaps caps, ublksrv_ctrl_dev_info info)
@@ -132,7 +231,8 @@ public sealed class UblkDevice : IDisposable
             int fd = Libc.Open(CharDevicePath, Libc.O_RDWR | Libc.O_CLOEXEC, 0);
             if (fd >= 0) return fd;
             int err = Errno.Last;
-            if (err != Errno.ENOENT || i >= 500) throw new SysException("open(" + CharDevicePath + ")", err);
+            // ENOENT: the node is not there yet; EBUSY: /dev/ublkcN has one opener at a time (udev may be probing it).
+            if ((err != Errno.ENOENT && err != Errno.EBUSY) || i >= 500) throw new SysException("open(" + CharDevicePath + ")", err);
             Thread.Sleep(10);
         }
     }
@@ -162,7 +262,7 @@ public sealed class UblkDevice : IDisposable
         foreach (UblkQueue q in _queues) q?.RequestStop();
         foreach (UblkQueue q in _queues) q?.Join();
         if (_charFd >= 0) { Libc.Close(_charFd); _charFd = -1; }
-        _ctrl.DelDev(Id, _opts.AsyncDelete);
+        if (_owned) _ctrl.DelDev(Id, _opts.AsyncDelete);
         QueueExited.Dispose();
     }
 }

@@ -51,7 +51,7 @@ public sealed class MemSpec(ulong size) : LeafSpec<MemBackend>
     public MemStore Store => _store ??= new MemStore(Size);
     public override string Describe() => "mem:" + Size;
 
-    public override BackendCaps Caps => new() { Size = Size, Discard = true, WriteZeroes = true, DiscardGranularity = 4096 };
+    public override BackendCaps Caps => new() { Size = Size, Discard = true, WriteZeroes = true, DiscardGranularity = 4096, DataDiesWithServer = true };
     protected override MemBackend Make() => new(Store);
 
     public override void Dispose() => _store?.Dispose();

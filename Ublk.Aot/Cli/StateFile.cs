@@ -1,0 +1,124 @@
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+using System.IO;
+using System.Text.Json;
+using Ublk.Aot.Ublk;
+
+namespace Ublk.Aot.Cli;
+
+/// <summary>
+/// What a recovery needs to rebuild a device's server: its backend SPEC and serve options, one JSON file per
+/// recoverable device under /run/ublk-aot/ (UBLK_AOT_STATE_DIR overrides). Written atomically (a temporary file in
+/// the same directory, flushed, then renamed over) before the device goes live, removed when it is deleted.
+/// The kernel keeps the rest (queues, depth, size, params): a recovery reads those from the device itself.
+/// </summary>
+public static class StateFile
+{
+    public const int FormatVersion = 1;
+
+    public static string Directory => Environment.GetEnvironmentVariable("UBLK_AOT_STATE_DIR") is { Length: > 0 } d ? d : "/run/ublk-aot";
+
+    public static string PathOf(uint id) => System.IO.Path.Combine(Directory, id.ToString(CultureInfo.InvariantCulture) + ".json");
+
+    /// <summary>The saved state of device <paramref name="id"/>.</summary>
+    public sealed class State
+    {
+        public required string Backend;
+        public required DeviceOptions Device;
+    }
+
+    public static void Write(uint id, string backend, DeviceOptions o)
+    {
+        System.IO.Directory.CreateDirectory(Directory);
+        string path = PathOf(id);
+        string tmp = path + ".tmp." + Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
+        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
+        {
+            using (var w = new Utf8JsonWriter(fs, new JsonWriterOptions { Indented = true }))
+            {
+                w.WriteStartObject();
+                w.WriteNumber("version", FormatVersion);
+                w.WriteNumber("id", id);
+                w.WriteString("backend", backend);
+                w.WriteString("recovery", DeviceOptions.RecoveryName(o.Recovery));
+                w.WriteNumber("queues", o.Queues);
+                w.WriteNumber("depth", o.Depth);
+                w.WriteNumber("block_size", o.BlockSize);
+                w.WriteNumber("max_io", o.MaxIoBytes);
+                w.WriteBoolean("read_only", o.ReadOnly);
+                w.WriteNumber("idle_release", (long)o.IdleRelease.TotalSeconds);
+                w.WriteBoolean("fixed_buffers", o.FixedBuffers);
+                w.WriteBoolean("huge_buffers", o.HugeBuffers);
+                if (o.Cpus is { } cpus)
+                {
+                    w.WriteStartArray("cpus");
+                    foreach (int c in cpus) w.WriteNumberValue(c);
+                    w.WriteEndArray();
+                }
+                w.WriteEndObject();
+            }
+            fs.Flush(flushToDisk: true);
+        }
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    /// <summary>The state of device <paramref name="id"/>, or null if it has no file. Throws UsageException when unreadable.</summary>
+    public static State? Read(uint id)
+    {
+        string path = PathOf(id);
+        byte[] bytes;
+        try { bytes = File.ReadAllBytes(path); }
+        catch (FileNotFoundException) { return null; }
+        catch (DirectoryNotFoundException) { return null; }
+        try
+        {
+            using var doc = JsonDocument.Parse(bytes);
+            JsonElement r = doc.RootElement;
+            int version = r.GetProperty("version").GetInt32();
+            if (version != FormatVersion) throw new UsageException("state file " + path + " has format version " + version + ", this ublk-aot reads " + FormatVersion);
+            var o = new DeviceOptions
+            {
+                Id = (int)id,
+                Recovery = ParseRecovery(r.GetProperty("recovery").GetString()) ?? throw new FormatException("recovery"),
+                Queues = r.GetProperty("queues").GetInt32(),
+                Depth = r.GetProperty("depth").GetInt32(),
+                BlockSize = r.GetProperty("block_size").GetUInt32(),
+                MaxIoBytes = r.GetProperty("max_io").GetUInt32(),
+                ReadOnly = r.GetProperty("read_only").GetBoolean(),
+                IdleRelease = TimeSpan.FromSeconds(r.GetProperty("idle_release").GetInt64()),
+                FixedBuffers = r.GetProperty("fixed_buffers").GetBoolean(),
+                HugeBuffers = r.GetProperty("huge_buffers").GetBoolean(),
+            };
+            if (r.TryGetProperty("cpus", out JsonElement cpus))
+            {
+                var list = new List<int>();
+                foreach (JsonElement c in cpus.EnumerateArray()) list.Add(c.GetInt32());
+                o.Cpus = list.ToArray();
+            }
+            return new State { Backend = r.GetProperty("backend").GetString() ?? throw new FormatException("backend"), Device = o };
+        }
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or FormatException or InvalidOperationException)
+        {
+            throw new UsageException("state file " + path + " is unreadable (" + e.Message + "): give --backend SPEC, or remove the file");
+        }
+    }
+
+    /// <summary>Removes the state file of device <paramref name="id"/>, if any.</summary>
+    public static void Delete(uint id)
+    {
+        try { File.Delete(PathOf(id)); }
+        catch (DirectoryNotFoundException) { }
+    }
+
+    public static bool Exists(uint id) => File.Exists(PathOf(id));
+
+    /// <summary>"reissue", "fail-io", "off" → the mode; anything else → null.</summary>
+    public static RecoveryMode? ParseRecovery(string? word) => word switch
+    {
+        "off" => RecoveryMode.Off,
+        "reissue" => RecoveryMode.Reissue,
+        "fail-io" => RecoveryMode.FailIo,
+        _ => null,
+    };
+}
