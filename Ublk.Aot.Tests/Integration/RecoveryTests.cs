@@ -121,7 +121,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         string mnt = Path.Combine(dir, "mnt");
         File.Delete(img);
         Directory.CreateDirectory(mnt);
-        ServerProcess s = ServerProcess.Start("--backend file:" + img + ",size=256M --recovery reissue --queues 2");
+        ServerProcess s = ServerProcess.Start("--backend file:" + img + ",size=1G --recovery reissue --queues 2");
         int id = s.Id;
         string dev = s.DevicePath;
         bool mounted = false;
@@ -130,7 +130,12 @@ public sealed class RecoveryTests(ITestOutputHelper output)
             // mkfs in the background (no lazy init: it writes the whole inode tables), the server killed under it.
             using var mkfs = Process.Start(new ProcessStartInfo("/bin/bash",
                 "-c \"mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 " + dev + " > " + dir + "/mkfs.log 2>&1\"") { UseShellExecute = false })!;
-            Thread.Sleep(1000);
+            // Kill once mkfs has written its first MiB (field 7 of the disk's stat: sectors written), long before it is done.
+            string stat = "/sys/block/" + Path.GetFileName(dev) + "/stat";
+            var sw = Stopwatch.StartNew();
+            while (!mkfs.HasExited && sw.ElapsedMilliseconds < 60_000 &&
+                   long.Parse(File.ReadAllText(stat).Split(' ', StringSplitOptions.RemoveEmptyEntries)[6]) < 2048)
+                Thread.Sleep(5);
             Assert.False(mkfs.HasExited, "mkfs was done before the kill (exit " + (mkfs.HasExited ? mkfs.ExitCode : 0) + "): the test did not kill it mid-way");
             Assert.Equal(128 + SIGKILL, s.Stop(sig: SIGKILL, timeoutMs: 30_000));
             WaitState(id, "QUIESCED");

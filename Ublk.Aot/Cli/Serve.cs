@@ -202,7 +202,8 @@ public static class Serve
     private static void SaveState(UblkDevice dev, Args a)
     {
         DeviceOptions o = a.Device;
-        if (dev.Recovered && o.Recovery == RecoveryMode.Off)
+        // A recovered device keeps the mode it was made with, whatever this command line said (or did not say).
+        if ((dev.Info.flags & UblkConst.UBLK_F_USER_RECOVERY) != 0)
             o.Recovery = (dev.Info.flags & UblkConst.UBLK_F_USER_RECOVERY_FAIL_IO) != 0 ? RecoveryMode.FailIo : RecoveryMode.Reissue;
         if (o.Recovery == RecoveryMode.Off) return;
         try { StateFile.Write(dev.Id, a.Backend!, o); }
