@@ -198,7 +198,9 @@ public static class CommandLine
     private static int Delete(string[] args)
     {
         if (args.Length != 1) throw new UsageException("del: expected one device id, --all or --dead");
-        if (args[0] != "--all" && args[0] != "--dead" && !uint.TryParse(args[0], NumberStyles.None, CultureInfo.InvariantCulture, out _))
+        // Every malformed argument is refused before the control device is opened.
+        uint one = 0;
+        if (args[0] != "--all" && args[0] != "--dead" && !uint.TryParse(args[0], NumberStyles.None, CultureInfo.InvariantCulture, out one))
             throw new UsageException("del: '" + args[0] + "' is not a device id");
         using var ctrl = new UblkControl();
         uint[] ids;
@@ -210,12 +212,11 @@ public static class CommandLine
                 if (ctrl.TryGetDevInfo(d, out ublksrv_ctrl_dev_info di) == 0 && (di.state != UblkConst.UBLK_S_DEV_LIVE || !ServerAlive(di))) dead.Add(d);
             ids = dead.ToArray();
         }
-        else if (uint.TryParse(args[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id))
+        else
         {
-            if (ctrl.TryGetDevInfo(id, out _) < 0) throw new UsageException("del: no ublk device " + id);
-            ids = [id];
+            if (ctrl.TryGetDevInfo(one, out _) < 0) throw new UsageException("del: no ublk device " + one);
+            ids = [one];
         }
-        else throw new UsageException("del: '" + args[0] + "' is not a device id");
 
         int failed = 0;
         foreach (uint id in ids)

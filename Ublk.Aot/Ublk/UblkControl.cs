@@ -97,6 +97,14 @@ public sealed unsafe class UblkControl : IDisposable
         }
     }
 
+    /// <summary>Sends a command without a buffer (only dev_id and data[0]); returns the CQE result (or -errno).</summary>
+    private int SendPlain(uint encodedOp, uint legacyOp, uint devId, ulong data0 = 0)
+    {
+        ublksrv_ctrl_cmd cmd = NewCmd(devId);
+        cmd.data0 = data0;
+        return Send(encodedOp, legacyOp, ref cmd);
+    }
+
     private void Check(int rc, string what, uint devId)
     {
         if (rc < 0)
@@ -161,50 +169,33 @@ public sealed unsafe class UblkControl : IDisposable
 
     /// <summary>START_DEV: blocks in the kernel until every queue has submitted its FETCH_REQs.</summary>
     public void StartDev(uint devId, int serverPid)
-    {
-        ublksrv_ctrl_cmd cmd = NewCmd(devId);
-        cmd.data0 = (ulong)serverPid;
-        Check(Send(UBLK_U_CMD_START_DEV, UBLK_CMD_START_DEV, ref cmd), "START_DEV", devId);
-    }
+        => Check(SendPlain(UBLK_U_CMD_START_DEV, UBLK_CMD_START_DEV, devId, (ulong)serverPid), "START_DEV", devId);
 
     /// <summary>
     /// START_USER_RECOVERY: the device (QUIESCED or FAIL_IO) is to get a new server. Returns 0 or -errno: EBUSY while
     /// the dead server's /dev/ublkcN is not yet fully released (retry), EINVAL on a device without USER_RECOVERY or,
     /// on 6.12, one whose queues never became ready.
     /// </summary>
-    public int StartUserRecovery(uint devId)
-    {
-        ublksrv_ctrl_cmd cmd = NewCmd(devId);
-        return Send(UBLK_U_CMD_START_USER_RECOVERY, UBLK_CMD_START_USER_RECOVERY, ref cmd);
-    }
+    public int StartUserRecovery(uint devId) => SendPlain(UBLK_U_CMD_START_USER_RECOVERY, UBLK_CMD_START_USER_RECOVERY, devId);
 
     /// <summary>
     /// END_USER_RECOVERY: blocks in the kernel until every tag of every queue has its FETCH, then the device is LIVE
     /// again with <paramref name="serverPid"/> (7.x checks it is the process that opened /dev/ublkcN).
     /// </summary>
     public void EndUserRecovery(uint devId, int serverPid)
-    {
-        ublksrv_ctrl_cmd cmd = NewCmd(devId);
-        cmd.data0 = (ulong)serverPid;
-        Check(Send(UBLK_U_CMD_END_USER_RECOVERY, UBLK_CMD_END_USER_RECOVERY, ref cmd), "END_USER_RECOVERY", devId);
-    }
+        => Check(SendPlain(UBLK_U_CMD_END_USER_RECOVERY, UBLK_CMD_END_USER_RECOVERY, devId, (ulong)serverPid), "END_USER_RECOVERY", devId);
 
-    public int StopDev(uint devId)
-    {
-        ublksrv_ctrl_cmd cmd = NewCmd(devId);
-        return Send(UBLK_U_CMD_STOP_DEV, UBLK_CMD_STOP_DEV, ref cmd);
-    }
+    public int StopDev(uint devId) => SendPlain(UBLK_U_CMD_STOP_DEV, UBLK_CMD_STOP_DEV, devId);
 
     /// <summary>DEL_DEV waits until every opener of /dev/ublkbN is gone; DEL_DEV_ASYNC (6.8+) returns at once.</summary>
     public int DelDev(uint devId, bool async)
     {
-        ublksrv_ctrl_cmd cmd = NewCmd(devId);
         if (async)
         {
-            int rc = Send(UBLK_U_CMD_DEL_DEV_ASYNC, 0, ref cmd);
+            int rc = SendPlain(UBLK_U_CMD_DEL_DEV_ASYNC, 0, devId);
             if (rc != -Errno.EOPNOTSUPP && rc != -Errno.EINVAL) return rc;
         }
-        return Send(UBLK_U_CMD_DEL_DEV, UBLK_CMD_DEL_DEV, ref cmd);
+        return SendPlain(UBLK_U_CMD_DEL_DEV, UBLK_CMD_DEL_DEV, devId);
     }
 
     /// <summary>Where the kernel lists its ublk devices: one ublkcN entry per device, until the id is freed.</summary>
