@@ -18,6 +18,23 @@ public sealed class RecoveryTests(ITestOutputHelper output)
 {
     private const int SIGKILL = 9;
 
+    /// <summary>SIGKILLs the server (no cleanup of ours runs).</summary>
+    private static void Kill(ServerProcess s) => Assert.Equal(128 + SIGKILL, s.Stop(sig: SIGKILL, timeoutMs: 30_000));
+
+    /// <summary>SIGKILLs the server of a recoverable device and waits until the kernel has it QUIESCED; returns its list entry.</summary>
+    private static JsonElement KillUntilQuiesced(ServerProcess s, int id)
+    {
+        Kill(s);
+        return WaitState(id, "QUIESCED");
+    }
+
+    /// <summary>`recover ID` after <paramref name="killed"/>'s death; its device is left for the new server.</summary>
+    private static ServerProcess Recover(ServerProcess killed, int id)
+    {
+        killed.DisposeKeepingDevice();
+        return ServerProcess.StartCommand("recover " + id);
+    }
+
     private static JsonElement ListEntry(int id)
     {
         Result r = UblkAot("list --json");
@@ -84,13 +101,11 @@ public sealed class RecoveryTests(ITestOutputHelper output)
             {
                 Thread.Sleep(1500);
                 Assert.False(fio.HasExited, "fio ended before cycle " + c + ": " + FioLog());
-                Assert.Equal(128 + SIGKILL, s.Stop(sig: SIGKILL, timeoutMs: 30_000));
-                JsonElement e = WaitState(id, "QUIESCED");
+                JsonElement e = KillUntilQuiesced(s, id);
                 Assert.False(e.GetProperty("server_alive").GetBoolean(), "a killed server is reported alive: " + e);
                 Assert.True(e.GetProperty("waits_for_recovery").GetBoolean(), e.ToString());
                 Assert.True(File.Exists(dev), dev + " vanished while the device waited for recovery");
-                s.DisposeKeepingDevice();
-                s = ServerProcess.StartCommand("recover " + id);
+                s = Recover(s, id);
                 Assert.Equal(dev, s.DevicePath);
                 AssertSays(s, "recovered " + dev);
             }
@@ -137,10 +152,8 @@ public sealed class RecoveryTests(ITestOutputHelper output)
                    long.Parse(File.ReadAllText(stat).Split(' ', StringSplitOptions.RemoveEmptyEntries)[6]) < 2048)
                 Thread.Sleep(5);
             Assert.False(mkfs.HasExited, "mkfs was done before the kill (exit " + (mkfs.HasExited ? mkfs.ExitCode : 0) + "): the test did not kill it mid-way");
-            Assert.Equal(128 + SIGKILL, s.Stop(sig: SIGKILL, timeoutMs: 30_000));
-            WaitState(id, "QUIESCED");
-            s.DisposeKeepingDevice();
-            s = ServerProcess.StartCommand("recover " + id);
+            KillUntilQuiesced(s, id);
+            s = Recover(s, id);
             Assert.True(mkfs.WaitForExit(300_000), "mkfs did not finish after the recovery");
             Assert.True(mkfs.ExitCode == 0, "mkfs failed across kill/recover: " + File.ReadAllText(dir + "/mkfs.log"));
             Sh("fsck.ext4 -n -f " + dev);
@@ -149,10 +162,8 @@ public sealed class RecoveryTests(ITestOutputHelper output)
             Sh("mount " + dev + " " + mnt);
             mounted = true;
             Sh("head -c 4M /dev/urandom > " + mnt + "/before && sync -f " + mnt + "/before");
-            Assert.Equal(128 + SIGKILL, s.Stop(sig: SIGKILL, timeoutMs: 30_000));
-            WaitState(id, "QUIESCED");
-            s.DisposeKeepingDevice();
-            s = ServerProcess.StartCommand("recover " + id);
+            KillUntilQuiesced(s, id);
+            s = Recover(s, id);
             Sh("head -c 4M /dev/urandom > " + mnt + "/after && sync -f " + mnt + "/after");
             Sh("cd " + mnt + " && sha256sum before after > " + dir + "/sums && echo 3 > /proc/sys/vm/drop_caches && sha256sum -c " + dir + "/sums");
             Sh("umount " + mnt);
@@ -187,8 +198,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
             var data = new byte[1 << 20];
             new Random(7).NextBytes(data);
             using (var bd = new BlockDevice(s.DevicePath)) { bd.Write(data, 8 << 20); }
-            Assert.Equal(128 + SIGKILL, s.Stop(sig: SIGKILL, timeoutMs: 30_000));
-            WaitState(id, "QUIESCED");
+            KillUntilQuiesced(s, id);
 
             Result wrongSize = UblkAot("recover " + id + " --backend file:" + other + ",size=32M");
             Assert.True(wrongSize.Code == 2, "a backend of another size was accepted: " + wrongSize);
@@ -233,8 +243,8 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         ServerProcess live = ServerProcess.Start("--backend null:32M --recovery reissue");
         try
         {
-            Assert.Equal(128 + SIGKILL, dead.Stop(sig: SIGKILL, timeoutMs: 30_000));
-            Assert.Equal(128 + SIGKILL, killedPlain.Stop(sig: SIGKILL, timeoutMs: 30_000));
+            Kill(dead);
+            Kill(killedPlain);
             WaitState(dead.Id, "QUIESCED");
             WaitState(killedPlain.Id, "DEAD");
             Result list = UblkAot("list");
