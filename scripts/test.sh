@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# test.sh — all of Ublk.Aot's tests: host unit tests, then the VM integration suite in ONE VM boot.
+# test.sh — all of Ublk.Aot's tests: host unit tests, then the VM integration suite in one VM boot per kernel
+# (trixie's 6.12 and trixie-backports' newest, 7.x).
 # Called by `./build.sh test` (which publishes out/ublk-aot first). Ends with one line
 # "N passed, N failed[, N skipped]" totalling both parts; exit status 0 only if nothing failed.
 #
 # Env: UBLK_TEST_FILTER   extra dotnet-test filter for the VM part (e.g. FullyQualifiedName~Serve)
 #      UBLK_HOST_ONLY=1   skip the VM part (development only; CI never sets it)
-#      VM_CPUS (4), VM_MEM (4G), VM_KERNEL (trixie): see scripts/vm-run.sh
+#      UBLK_TEST_KERNELS  kernel profiles to run the VM suite on (default "trixie backports"; see vm-setup.sh)
+#      VM_CPUS (4), VM_MEM (4G): see scripts/vm-run.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -27,7 +29,7 @@ if ! dotnet build Ublk.Aot.Tests -c Release -v quiet -nologo >"$RES/build.log" 2
   exit 1
 fi
 
-# The ABI test compares our structs with the newest kernel UAPI headers (Debian sid's linux-libc-dev).
+# The ABI test compares our structs with the newest kernel UAPI headers (newest Debian linux-libc-dev, see uapi-headers.sh).
 if [[ -z ${UBLK_UAPI_INCLUDE:-} ]]; then
   if inc=$(scripts/uapi-headers.sh); then export UBLK_UAPI_INCLUDE=$inc; else log "could not fetch the UAPI headers (the ABI tests will fail)"; fi
 fi
@@ -39,25 +41,33 @@ dotnet test Ublk.Aot.Tests -c Release --no-build --filter "Category!=Integration
 [[ -s $RES/host.trx ]] || { log "host tests produced no results"; extra_failed=$((extra_failed + 1)); }
 log "host tests took $((SECONDS - t0)) s"
 
+# The whole VM suite runs once per kernel, one boot each: trixie's 6.12 and trixie-backports' newest (7.x).
+# Kernel-dependent tests assert the feature where the kernel has it and the refusal or fallback where it does not.
+read -r -a kernels <<< "${UBLK_TEST_KERNELS:-trixie backports}"
 if [[ ${UBLK_HOST_ONLY:-0} != 1 ]]; then
-  t0=$SECONDS
-  log "VM bench setup"
-  if ! scripts/vm-setup.sh; then
-    log "FAILED: the VM bench could not be set up; the integration suite did not run"
-    extra_failed=$((extra_failed + 1))
-  else
+  for k in "${kernels[@]}"; do
+    t0=$SECONDS
+    log "VM bench setup (kernel profile $k)"
+    if ! KERNEL=$k scripts/vm-setup.sh; then
+      log "FAILED: the VM bench could not be set up for kernel $k; its integration suite did not run"
+      extra_failed=$((extra_failed + 1))
+      continue
+    fi
+    kver=$(basename "$(readlink -f "${UBLK_AOT_CACHE:-/opt/ublk-aot}/vm/kernel-$k")")
     filter="Category=Integration"
     [[ -n ${UBLK_TEST_FILTER:-} ]] && filter="$filter&${UBLK_TEST_FILTER}"
-    log "VM integration suite (one boot; filter $filter)"
-    VM_CPUS=${VM_CPUS:-4} scripts/vm-run.sh -w "$ROOT" -- dotnet test Ublk.Aot.Tests -c Release --no-build \
-      --filter "$filter" --logger "trx;LogFileName=vm.trx" --logger "console;verbosity=normal" --results-directory "$RES" 2>&1 | grep --line-buffered -vE '^\s*$'
+    log "VM integration suite on $kver (one boot; filter $filter)"
+    VM_KERNEL=$k VM_CPUS=${VM_CPUS:-4} scripts/vm-run.sh -w "$ROOT" -- dotnet test Ublk.Aot.Tests -c Release --no-build \
+      --filter "$filter" --logger "trx;LogFileName=vm-$k.trx" --logger "console;verbosity=normal" --results-directory "$RES" 2>&1 | grep --line-buffered -vE '^\s*$'
     vm_rc=${PIPESTATUS[0]}
-    if [[ ! -s $RES/vm.trx ]]; then
-      log "FAILED: the VM suite reported no results (vm-run exit $vm_rc; 125 = the VM died)"
+    if [[ ! -s $RES/vm-$k.trx ]]; then
+      log "FAILED: the VM suite on $kver reported no results (vm-run exit $vm_rc; 125 = the VM died)"
       extra_failed=$((extra_failed + 1))
+    else
+      log "VM suite on $kver: $(counter passed "$RES/vm-$k.trx") passed, $(( $(counter failed "$RES/vm-$k.trx") + $(counter error "$RES/vm-$k.trx") )) failed"
     fi
-    log "VM suite took $((SECONDS - t0)) s (exit $vm_rc)"
-  fi
+    log "VM suite on $kver took $((SECONDS - t0)) s (exit $vm_rc)"
+  done
 fi
 
 trx=("$RES"/*.trx)

@@ -1,8 +1,10 @@
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
+using System.Globalization;
 using System.IO;
 using System.Linq;
+using System.Text.RegularExpressions;
 using System.Threading.Tasks;
 using Xunit;
 
@@ -20,6 +22,7 @@ internal static class UapiHeaders
     private static readonly Lazy<string> s_repoRoot = new(FindRepoRoot);
     private static readonly Lazy<string> s_includeDir = new(ResolveIncludeDir);
     private static readonly Lazy<string[]> s_gccIncludeArgs = new(BuildGccIncludeArgs);
+    private static readonly Lazy<(int, int)?> s_linuxVersion = new(ReadLinuxVersion);
 
     /// <summary>The directory that holds Ublk.Aot.csproj.</summary>
     public static string RepoRoot => s_repoRoot.Value;
@@ -28,6 +31,12 @@ internal static class UapiHeaders
     public static string IncludeDir => s_includeDir.Value;
 
     public static string UblkCmdHeader => Path.Combine(IncludeDir, "linux", "ublk_cmd.h");
+
+    /// <summary>
+    /// (major, minor) from LINUX_VERSION_CODE of the include directory's own linux/version.h; null when it
+    /// has none (gcc would then see the host's), so that nothing is taken for older than it is.
+    /// </summary>
+    public static (int Major, int Minor)? LinuxVersion => s_linuxVersion.Value;
 
     /// <summary>Where the include directory came from, for test output.</summary>
     public static string Source { get; private set; } = "";
@@ -74,6 +83,18 @@ internal static class UapiHeaders
         if (missing.Length > 0)
             Assert.Fail($"UAPI include directory '{dir}' (from {Source}) lacks: {string.Join(", ", missing)}.");
         return dir;
+    }
+
+    private static (int, int)? ReadLinuxVersion()
+    {
+        string file = Path.Combine(IncludeDir, "linux", "version.h");
+        if (!File.Exists(file))
+            return null;
+        Match m = Regex.Match(File.ReadAllText(file), @"^\s*#\s*define\s+LINUX_VERSION_CODE\s+(\d+)\s*$", RegexOptions.Multiline);
+        if (!m.Success)
+            return null;
+        int code = int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
+        return (code >> 16, (code >> 8) & 0xff);
     }
 
     /// <summary>

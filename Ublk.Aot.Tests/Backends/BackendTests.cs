@@ -21,6 +21,9 @@ internal sealed class HostQueue : UblkQueue
     }
 
     public override void RequestStop() { }
+    public override void RequestHandOver() { }
+    public override bool EndedClean => true;
+    internal override bool Join(TimeSpan timeout) => true;
     internal override void Start(CountdownEvent ready, ManualResetEventSlim exited) => throw new NotSupportedException();
     internal override void Join() { }
     internal override Exception? Failure => null;

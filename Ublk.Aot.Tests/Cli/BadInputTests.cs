@@ -65,6 +65,17 @@ public sealed class BadInputTests
     [InlineData("recover 4321", ".json for ublk device 4321: give --backend SPEC")]
     [InlineData("features --yaml", "features: unexpected argument '--yaml'")]
     [InlineData("list --xml", "list: unexpected argument '--xml'")]
+    [InlineData("list --timeout", "--timeout needs a value (seconds)")]
+    [InlineData("list --timeout 1.5", "--timeout must be a number between 0 and 86400, got '1.5'")]
+    [InlineData("serve --backend mem:1G --timeout 99999", "--timeout must be a number between 0 and 86400, got '99999'")]
+    [InlineData("upgrade", "upgrade: expected a device id")]
+    [InlineData("upgrade x1", "upgrade: expected a device id, got 'x1'")]
+    [InlineData("upgrade 3 --binary", "upgrade: --binary needs a path")]
+    [InlineData("upgrade 3 --queues 2", "upgrade: unexpected argument '--queues'")]
+    [InlineData("upgrade 3 --binary /nonexistent/ublk-aot", "upgrade: /nonexistent/ublk-aot: no such file")]
+    [InlineData("upgrade 3 --binary /proc/version", "upgrade: /proc/version is not executable")]
+    [InlineData("upgrade 3 --binary /bin/false", "/bin/false --version gave exit 1 and 'false (GNU coreutils)")]
+    [InlineData("upgrade 3 --binary /bin/true", "/bin/true --version gave exit 0 and 'true (GNU coreutils)")]
     public void Bad_input_is_one_line_and_exit_2(string args, string message)
     {
         var (code, stdout, stderr) = Run(args);

@@ -16,26 +16,26 @@ namespace Ublk.Aot.Tests.Integration;
 [Collection(UblkCollection.Name), Trait("Category", "Integration")]
 public sealed class RecoveryTests(ITestOutputHelper output)
 {
-    private const int SIGKILL = 9;
+    internal const int SIGKILL = 9;
 
     /// <summary>SIGKILLs the server (no cleanup of ours runs).</summary>
-    private static void Kill(ServerProcess s) => Assert.Equal(128 + SIGKILL, s.Stop(sig: SIGKILL, timeoutMs: 30_000));
+    internal static void Kill(ServerProcess s) => Assert.Equal(128 + SIGKILL, s.Stop(sig: SIGKILL, timeoutMs: 30_000));
 
     /// <summary>SIGKILLs the server of a recoverable device and waits until the kernel has it QUIESCED; returns its list entry.</summary>
-    private static JsonElement KillUntilQuiesced(ServerProcess s, int id)
+    internal static JsonElement KillUntilQuiesced(ServerProcess s, int id)
     {
         Kill(s);
         return WaitState(id, "QUIESCED");
     }
 
     /// <summary>`recover ID` after <paramref name="killed"/>'s death; its device is left for the new server.</summary>
-    private static ServerProcess Recover(ServerProcess killed, int id)
+    internal static ServerProcess Recover(ServerProcess killed, int id)
     {
         killed.DisposeKeepingDevice();
         return ServerProcess.StartCommand("recover " + id);
     }
 
-    private static JsonElement ListEntry(int id)
+    internal static JsonElement ListEntry(int id)
     {
         Result r = UblkAot("list --json");
         Assert.True(r.Code == 0, "list --json: " + r);
@@ -47,7 +47,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
     }
 
     /// <summary>Waits until the device's state is <paramref name="state"/> (the kernel settles a dead server asynchronously).</summary>
-    private static JsonElement WaitState(int id, string state, int timeoutMs = 30_000)
+    internal static JsonElement WaitState(int id, string state, int timeoutMs = 30_000)
     {
         var sw = Stopwatch.StartNew();
         while (true)
@@ -60,14 +60,14 @@ public sealed class RecoveryTests(ITestOutputHelper output)
     }
 
     /// <summary>The start-up line reaches stderr just after the device path reaches stdout: wait for it.</summary>
-    private static void AssertSays(ServerProcess s, string text)
+    internal static void AssertSays(ServerProcess s, string text)
     {
         var sw = Stopwatch.StartNew();
         while (!s.Stderr.Contains(text) && sw.ElapsedMilliseconds < 10_000) Thread.Sleep(20);
         Assert.True(s.Stderr.Contains(text), "expected '" + text + "' from " + s.Args + ", got:\n" + s.Stderr);
     }
 
-    private static ulong Features()
+    internal static ulong Features()
     {
         Result r = UblkAot("features --json");
         Assert.True(r.Code == 0, "features: " + r);
@@ -80,7 +80,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
     {
         Require();
         AssertNoDevices();
-        int cycles = StressKnobs.Count("UBLK_RECOVER_CYCLES", 5);
+        int cycles = StressKnobs.Count("UBLK_RECOVER_CYCLES", 20);
         string dir = TempDir("recover-fio");
         string img = Path.Combine(dir, "r.img");
         File.Delete(img);
@@ -94,7 +94,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
             // Paced random writes with verification afterwards: the write phase outlasts every kill/recover cycle.
             string log = Path.Combine(dir, "fio.log");
             string job = "fio --name=recover --filename=" + dev + " --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k" +
-                " --iodepth=16 --size=64M --rate_iops=" + Math.Max(50, 2500 / cycles) + " --verify=crc32c --do_verify=1 --verify_fatal=1";
+                " --iodepth=16 --size=64M --rate_iops=" + Math.Max(50, 16384 / (cycles * 7)) + " --verify=crc32c --do_verify=1 --verify_fatal=1";
             fio = Process.Start(new ProcessStartInfo("/bin/bash", "-c \"" + job + " > " + log + " 2>&1\"") { UseShellExecute = false })!;
             string FioLog() => File.Exists(log) ? File.ReadAllText(log) : "";
             for (int c = 0; c < cycles; c++)

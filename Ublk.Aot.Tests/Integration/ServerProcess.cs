@@ -26,7 +26,7 @@ public sealed class ServerProcess : IDisposable
     public string Stderr { get { lock (_err) return _err.ToString(); } }
     public string Stdout { get { lock (_out) return _out.ToString(); } }
     
-    private ServerProcess(string args)
+    private ServerProcess(string args, (string Name, string Value)[]? env = null)
     {
         Args = args;
         var psi = new ProcessStartInfo(IntegrationEnv.Binary, args)
@@ -36,6 +36,7 @@ public sealed class ServerProcess : IDisposable
             RedirectStandardInput = true,
             UseShellExecute = false,
         };
+        foreach ((string name, string value) in env ?? []) psi.Environment[name] = value;
         _p = Process.Start(psi)!;
         _p.OutputDataReceived += (_, a) =>
         {
@@ -68,6 +69,27 @@ public sealed class ServerProcess : IDisposable
         for (int i = 0; i < 200 && !File.Exists(s._device); i++) Thread.Sleep(25);
         Assert.True(File.Exists(s._device), s._device + " does not exist although serve printed it");
         return s;
+    }
+
+    /// <summary>Starts `ublk-aot COMMAND_LINE` without waiting for a device (for a server expected to block or fail).</summary>
+    public static ServerProcess Launch(string commandLine, params (string Name, string Value)[] env)
+    {
+        IntegrationEnv.Require();
+        return new ServerProcess(commandLine, env);
+    }
+
+    public bool HasExited => _p.HasExited;
+
+    /// <summary>Waits for the process to exit by itself (no signal); fails the test after the timeout. Returns the exit code.</summary>
+    public int WaitExit(int timeoutMs)
+    {
+        if (!_p.WaitForExit(timeoutMs))
+        {
+            string stacks = IntegrationEnv.Sh("cat /proc/" + _p.Id + "/task/*/stack 2>/dev/null | head -80; dmesg | tail -30", 10_000, check: false).Out;
+            Assert.Fail(Args + " did not exit within " + timeoutMs + " ms\nkernel stacks/log:\n" + stacks + "\nstderr: " + Stderr);
+        }
+        _p.WaitForExit();
+        return _p.ExitCode;
     }
 
     public void Signal(int sig) => global::Ublk.Aot.Interop.Libc.Kill(_p.Id, sig);
@@ -107,8 +129,12 @@ public sealed class ServerProcess : IDisposable
         Dispose();
     }
 
+    private bool _disposed;
+
     public void Dispose()
     {
+        if (_disposed) return;
+        _disposed = true;
         if (!_p.HasExited)
         {
             Signal(15);

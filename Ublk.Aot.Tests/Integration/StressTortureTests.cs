@@ -84,4 +84,86 @@ public sealed class StressTortureTests(ITestOutputHelper output)
         AssertNoDevices();
         Directory.Delete(dir, true);
     }
+
+    /// <summary>
+    /// The torture workload on a recoverable file device whose server is SIGKILLed at random moments and recovered
+    /// (`recover ID`) while the workers keep their O_DIRECT fds: no request may fail (REISSUE) and every block must match
+    /// the shadow, through the device and in the backing file. CI runs 3 cycles; scripts/recovery-soak.sh runs 100
+    /// (UBLK_TORTURE_RECOVER_CYCLES).
+    /// </summary>
+    [Fact]
+    public void Torture_across_kill_and_recover_matches_the_shadow()
+    {
+        int cycles = StressKnobs.Count("UBLK_TORTURE_RECOVER_CYCLES", 3);
+        int seed = StressKnobs.Seed();
+        const long size = 64 * MiB;
+        const int workers = 6;
+        string dir = TempDir("torture-recover");
+        string img = Path.Combine(dir, "torture.img");
+        File.Delete(img);
+        var workload = new StressWorkload
+        {
+            Align = 4096,
+            MaxLength = 512 * 1024,
+            SmallMax = 32 * 1024,
+            WritePercent = 50,
+            ZeroOutPercent = 3,
+            DiscardPercent = 2,
+            FsyncPercent = 3,
+            VerifyEvery = TimeSpan.FromSeconds(20),
+        };
+        ServerProcess s = ServerProcess.Start("--backend file:" + img + ",size=64M --recovery reissue --queues 2 --depth 32 --max-io 256K --block-size 4096");
+        int id = s.Id;
+        string dev = s.DevicePath;
+        var ws = new StressWorker[workers];
+        var rnd = new Random(seed);
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        try
+        {
+            for (int i = 0; i < workers; i++)
+            {
+                ws[i] = new StressWorker(i, dev, i * (size / workers) / 4096 * 4096, size / workers / 4096 * 4096, workload, seed + i);
+                ws[i].Start();
+            }
+            for (int c = 0; c < cycles; c++)
+            {
+                System.Threading.Thread.Sleep(300 + rnd.Next(1500));
+                foreach (StressWorker w in ws) Assert.True(w.Failure == null, "cycle " + c + ": " + w.Failure);
+                RecoveryTests.KillUntilQuiesced(s, id);
+                s = RecoveryTests.Recover(s, id);
+                if ((c + 1) % 10 == 0) output.WriteLine("cycle " + (c + 1) + " of " + cycles + " after " + sw.Elapsed.TotalSeconds.ToString("F0") + " s");
+            }
+            System.Threading.Thread.Sleep(1000);
+            foreach (StressWorker w in ws) w.RequestStop();
+            StressThreads.AssertAllEnd(Array.ConvertAll(ws, w => w.Thread), TimeSpan.FromMinutes(5), dev + ": torture workers", s.Pid);
+            foreach (StressWorker w in ws) output.WriteLine(w.Summary);
+            foreach (StressWorker w in ws) Assert.True(w.Failure == null, w.Failure);
+            foreach (StressWorker w in ws) Assert.True(w.Writes > 0 && w.Reads > 0, "a worker did no real work: " + w.Summary);
+            output.WriteLine(cycles + " kill/recover cycles in " + sw.Elapsed.TotalSeconds.ToString("F0") + " s, seed " + seed);
+            Assert.Equal(0, s.Stop());
+            using var f = new FileStream(img, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            byte[] raw = new byte[4 * MiB];
+            foreach (StressWorker w in ws)
+            {
+                for (long off = 0; off < w.Shadow.Length; off += raw.Length)
+                {
+                    int n = (int)Math.Min(raw.Length, w.Shadow.Length - off);
+                    f.Position = w.RegionStart + off;
+                    f.ReadExactly(raw, 0, n);
+                    ReadOnlySpan<byte> expect = w.Shadow.AsSpan((int)off, n);
+                    Assert.True(expect.SequenceEqual(raw.AsSpan(0, n)), "backing file after " + cycles + " recoveries, seed " + seed + ": " +
+                        StressWorker.MismatchMessage(img, w.RegionStart + off, expect, raw.AsSpan(0, n)));
+                }
+            }
+        }
+        finally
+        {
+            foreach (StressWorker? w in ws) w?.RequestStop();
+            foreach (StressWorker? w in ws) w?.Join(TimeSpan.FromSeconds(30));
+            s.Dispose();
+            UblkAot("del " + id);
+        }
+        AssertNoDevices();
+        Directory.Delete(dir, true);
+    }
 }

@@ -55,3 +55,21 @@ public sealed class DeviceOptionsTests
         Assert.Equal(4096u, p.discard.discard_granularity);
     }
 }
+
+public sealed class ControlCommandNameTests
+{
+    /// <summary>Every control command the ABI knows is named in deadline messages by its own header name.</summary>
+    [Fact]
+    public void Every_control_command_has_its_header_name()
+    {
+        int n = 0;
+        foreach (System.Reflection.FieldInfo f in typeof(global::Ublk.Aot.Abi.UblkConst).GetFields())
+        {
+            if (!f.IsLiteral || !f.Name.StartsWith("UBLK_U_CMD_", System.StringComparison.Ordinal)) continue;
+            uint op = (uint)f.GetRawConstantValue()!;
+            Assert.Equal(f.Name["UBLK_U_CMD_".Length..], global::Ublk.Aot.Ublk.UblkControl.CommandName(op));
+            n++;
+        }
+        Assert.True(n >= 18, "found only " + n + " UBLK_U_CMD_ constants");
+    }
+}

@@ -2,7 +2,8 @@ using System.Runtime.InteropServices;
 
 namespace Ublk.Aot.Abi;
 
-// ublk UAPI (linux/ublk_cmd.h), taken from the newest header (Debian sid linux-libc-dev).
+// ublk UAPI (linux/ublk_cmd.h), taken from the newest header (the newest Debian linux-libc-dev,
+// see scripts/uapi-headers.sh: 7.3.4 from trixie-backports today).
 // Names mirror the header; AbiLayoutTests compares every size, offset and constant with it.
 
 /// <summary>Control command, carried in sqe->cmd of a SQE128 IORING_OP_URING_CMD on /dev/ublk-control.</summary>
@@ -25,7 +26,7 @@ public struct ublksrv_ctrl_dev_info
     public ushort nr_hw_queues;
     public ushort queue_depth;
     public ushort state;
-    public ushort pad0;
+    public ushort io_desc_size; // size of one ublksrv_io_desc when UBLK_F_IO_DESC_SIZE (7.3+; pad0 before)
     public uint max_io_buf_bytes;
     public uint dev_id;
     public int ublksrv_pid;
@@ -287,6 +288,7 @@ public static class UblkConst
     public const ulong UBLK_F_SAFE_STOP_DEV = 1UL << 17;
     public const ulong UBLK_F_NO_AUTO_PART_SCAN = 1UL << 18;
     public const ulong UBLK_F_SHMEM_ZC = 1UL << 19;
+    public const ulong UBLK_F_IO_DESC_SIZE = 1UL << 20; // ublksrv_io_desc size is ublksrv_ctrl_dev_info.io_desc_size
 
     // Device states.
     public const ushort UBLK_S_DEV_DEAD = 0;
@@ -356,6 +358,7 @@ public static class UblkConst
         "ZONED", "USER_RECOVERY_FAIL_IO", "UPDATE_SIZE", "AUTO_BUF_REG",
         "QUIESCE", "PER_IO_DAEMON", "BUF_REG_OFF_DAEMON", "BATCH_IO",
         "INTEGRITY", "SAFE_STOP_DEV", "NO_AUTO_PART_SCAN", "SHMEM_ZC",
+        "IO_DESC_SIZE",
     ];
 
     public static string StateName(ushort state) => state switch

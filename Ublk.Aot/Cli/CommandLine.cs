@@ -33,11 +33,19 @@ public static class CommandLine
           recover ID [--backend SPEC [serve options]] [--stats]
                     serve device ID again after its server died (SPEC and options from its state file
                     in /run/ublk-aot unless given)
+          upgrade ID [--binary PATH] [--stats]
+                    hand device ID from its live server to a new one (this binary or PATH) without a failed
+                    request: QUIESCE_DEV where the kernel has it, else the server commits and leaves (SIGUSR1)
+                    and the kernel re-issues the rest; the old server exits 0 and this process becomes the
+                    new server (exec PATH recover ID)
           list [--json]     the kernel's ublk devices, their state and whether their server is alive
           del ID | --all | --dead
                     stop and remove ublk devices (--dead: those whose server is gone)
           features [--json] the ublk features of the running kernel
           --version         print the version
+
+        every command takes --timeout SECONDS: the deadline of each control command (30; 0 = none);
+        one that does not complete in time fails with a line naming it, its device and the kernel
 
         SPEC, one of:
         """ + "\n" + BackendTable.Help("  ") + """
@@ -50,6 +58,7 @@ public static class CommandLine
     {
         try
         {
+            args = TakeTimeout(args);
             if (args.Length == 0) { Console.Error.WriteLine(Usage); return 2; }
             string cmd = args[0];
             string[] rest = args[1..];
@@ -60,9 +69,10 @@ public static class CommandLine
                 "features" => Features(rest),
                 "serve" => Serve.Run(rest),
                 "recover" => Serve.Recover(rest),
+                "upgrade" => Upgrade.Run(rest),
                 "list" => ListDevices(rest),
                 "del" => Delete(rest),
-                _ => throw new UsageException("unknown command '" + cmd + "' (serve, recover, list, del, features, --version)"),
+                _ => throw new UsageException("unknown command '" + cmd + "' (serve, recover, upgrade, list, del, features, --version)"),
             };
         }
         catch (UblkAotException e)
@@ -70,6 +80,27 @@ public static class CommandLine
             Console.Error.WriteLine("ublk-aot: " + e.Message);
             return e.IsBadInput ? 2 : 1;
         }
+    }
+
+    public static readonly OptionRange TimeoutRange = new("--timeout", 0, 86400);
+
+    /// <summary>The deadline of every control command this process sends (--timeout; 0 = none).</summary>
+    public static TimeSpan ControlTimeout { get; private set; } = UblkControl.DefaultTimeout;
+
+    /// <summary>Opens /dev/ublk-control with this process's deadline.</summary>
+    internal static UblkControl OpenControl() => new(ControlTimeout);
+
+    /// <summary>Removes `--timeout SECONDS` (before or after the command word) from the arguments and applies it.</summary>
+    internal static string[] TakeTimeout(string[] args)
+    {
+        int at = Array.IndexOf(args, "--timeout");
+        if (at < 0) return args;
+        if (at + 1 >= args.Length) throw new UsageException("--timeout needs a value (seconds)");
+        string v = args[at + 1];
+        if (!int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out int seconds) || !TimeoutRange.Contains(seconds))
+            throw new UsageException(TimeoutRange.Refuse(v));
+        ControlTimeout = seconds == 0 ? Timeout.InfiniteTimeSpan : TimeSpan.FromSeconds(seconds);
+        return [.. args[..at], .. args[(at + 2)..]];
     }
 
     private static int PrintVersion()
@@ -99,7 +130,7 @@ public static class CommandLine
     private static int Features(string[] args)
     {
         bool json = Flags(args, "features", "--json").Contains("--json");
-        using var ctrl = new UblkControl();
+        using var ctrl = OpenControl();
         ulong f = ctrl.Features;
         if (json)
         {
@@ -139,7 +170,7 @@ public static class CommandLine
     private static int ListDevices(string[] args)
     {
         bool json = Flags(args, "list", "--json").Contains("--json");
-        using var ctrl = new UblkControl();
+        using var ctrl = OpenControl();
         uint[] ids = UblkControl.ListDeviceIds();
         Utf8JsonWriter? w = null;
         if (json) { w = NewJsonWriter(); w.WriteStartArray(); }
@@ -202,7 +233,7 @@ public static class CommandLine
         uint one = 0;
         if (args[0] != "--all" && args[0] != "--dead" && !uint.TryParse(args[0], NumberStyles.None, CultureInfo.InvariantCulture, out one))
             throw new UsageException("del: '" + args[0] + "' is not a device id");
-        using var ctrl = new UblkControl();
+        using var ctrl = OpenControl();
         uint[] ids;
         if (args[0] == "--all") ids = UblkControl.ListDeviceIds();
         else if (args[0] == "--dead")

@@ -71,6 +71,8 @@ public static class Serve
             }
         }
         if (d.Validate() is { } invalid) throw new UsageException("serve: " + invalid);
+        // Test seams, not options: only the integration tests set this.
+        d.TestHoldFetch = Environment.GetEnvironmentVariable("UBLK_AOT_TEST_HOOK") == "hold-fetch";
         if (a.Backend == null && backendRequired) throw new UsageException("serve: --backend SPEC is required (" + BackendTable.Syntax + ")");
         return a;
     }
@@ -145,18 +147,24 @@ public static class Serve
             if (a.Device.ValidateFor(caps) is { } invalid) throw new UsageException("serve: " + invalid);
 
             using var stop = new ManualResetEventSlim(false);
+            using var handOver = new ManualResetEventSlim(false);
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Set(); });
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Set(); });
+            // SIGUSR1 (`ublk-aot upgrade` on a kernel without QUIESCE_DEV): hand the device to the next server.
+            using var sigusr1 = PosixSignalRegistration.Create(HandOverSignal, c => { c.Cancel = true; handOver.Set(); });
 
             UblkControl ctrl;
-            try { ctrl = new UblkControl(); }
+            try { ctrl = CommandLine.OpenControl(); }
             catch (UblkException e) { throw new UsageException(e.Message); }
             using (ctrl)
             {
                 // serve --id N on a device whose server died recovers it (a service manager's restart just works).
                 bool recover = a.MustRecover;
-                if (!recover && a.Device.Id >= 0 && ctrl.TryGetDevInfo((uint)a.Device.Id, out ublksrv_ctrl_dev_info existing) == 0)
-                    recover = UblkDevice.WaitsForRecovery(existing);
+                if (a.Device.Id >= 0 && ctrl.TryGetDevInfo((uint)a.Device.Id, out ublksrv_ctrl_dev_info existing) == 0)
+                {
+                    existing = Settle(ctrl, (uint)a.Device.Id, existing);
+                    recover |= UblkDevice.WaitsForRecovery(existing);
+                }
                 UblkDevice dev;
                 try
                 {
@@ -169,6 +177,7 @@ public static class Serve
                     throw new UsageException(e.Message);
                 }
                 string why;
+                bool handedOver = false;
                 using (dev)
                 {
                     Console.Out.WriteLine(dev.BlockDevicePath);
@@ -179,8 +188,13 @@ public static class Serve
                         ", max io " + Sizes.Format(info.max_io_buf_bytes) + (a.Device.ReadOnly ? ", read-only" : "") +
                         ", recovery " + DeviceOptions.RecoveryName(a.Device.Recovery) +
                         ", kernel features 0x" + ctrl.Features.ToString("x", CultureInfo.InvariantCulture));
-                    why = Wait(ctrl, dev, stop);
-                    Console.Error.WriteLine("ublk-aot: " + why + "; stopping " + dev.BlockDevicePath);
+                    why = Wait(ctrl, dev, stop, handOver);
+                    if (dev.HandedOver)
+                    {
+                        handedOver = true;
+                        Console.Error.WriteLine("ublk-aot: " + why + "; " + dev.BlockDevicePath + " handed over to its next server (not removed)");
+                    }
+                    else Console.Error.WriteLine("ublk-aot: " + why + "; stopping " + dev.BlockDevicePath);
                 }
                 bool failed = false;
                 foreach (UblkQueue q in dev.Queues)
@@ -188,6 +202,7 @@ public static class Serve
                     if (q.Failure is { } f) { Console.Error.WriteLine("ublk-aot: queue " + q.QueueId + ": " + f.Message); failed = true; }
                 }
                 if (a.Stats) PrintStats(dev);
+                if (handedOver) return failed ? 1 : 0; // the state file stays: the next server recovers from it
                 StateFile.Delete(dev.Id);
                 Console.Error.WriteLine("ublk-aot: " + dev.BlockDevicePath + " removed");
                 return failed ? 1 : 0;
@@ -213,15 +228,60 @@ public static class Serve
         }
     }
 
-    /// <summary>Blocks until a signal, a queue exit, or the device disappearing/dying under us. Returns why.</summary>
-    private static string Wait(UblkControl ctrl, UblkDevice dev, ManualResetEventSlim stop)
+    /// <summary>The signal `upgrade` sends a server on a kernel without QUIESCE_DEV (SIGUSR1, a raw value).</summary>
+    public const PosixSignal HandOverSignal = (PosixSignal)10;
+
+    /// <summary>
+    /// 7.x keeps a killed server's device LIVE until the kernel has released its /dev/ublkcN (then QUIESCED or
+    /// FAIL_IO); 6.12 switches at once. A LIVE recoverable device whose server is gone is waited for, so that
+    /// `recover` and `serve --id` right after a crash see the state the kernel is about to report.
+    /// </summary>
+    internal static ublksrv_ctrl_dev_info Settle(UblkControl ctrl, uint id, ublksrv_ctrl_dev_info info)
     {
-        WaitHandle[] handles = [stop.WaitHandle, dev.QueueExited.WaitHandle];
+        long until = Environment.TickCount64 + (long)RecoveryStartTimeout.TotalMilliseconds;
+        while ((info.flags & UblkConst.UBLK_F_USER_RECOVERY) != 0 && info.state == UblkConst.UBLK_S_DEV_LIVE &&
+               !CommandLine.ServerAlive(info) && Environment.TickCount64 < until)
+        {
+            Thread.Sleep(50);
+            if (ctrl.TryGetDevInfo(id, out info) < 0) break;
+        }
+        return info;
+    }
+
+    /// <summary>
+    /// Blocks until a signal, a queue exit, or the device disappearing/dying under us. Returns why. A hand-over
+    /// (SIGUSR1, or QUIESCE_DEV from `upgrade`: every queue's commands aborted while the device stays LIVE) leaves the
+    /// device to the next server (<see cref="UblkDevice.HandedOver"/>).
+    /// </summary>
+    private static string Wait(UblkControl ctrl, UblkDevice dev, ManualResetEventSlim stop, ManualResetEventSlim handOver)
+    {
+        WaitHandle[] handles = [stop.WaitHandle, dev.QueueExited.WaitHandle, handOver.WaitHandle];
         while (true)
         {
             int w = WaitHandle.WaitAny(handles, 1000);
             if (w == 0) return "signal received";
-            if (w == 1) return "a queue exited";
+            if (w == 1)
+            {
+                // QUIESCE_DEV aborts every queue's idle tags at once; give the others a moment to drain too.
+                if (dev.QueuesEndedClean(TimeSpan.FromSeconds(5)) && ctrl.TryGetDevInfo(dev.Id, out ublksrv_ctrl_dev_info qi) == 0 &&
+                    (qi.flags & UblkConst.UBLK_F_USER_RECOVERY) != 0 && qi.state is UblkConst.UBLK_S_DEV_LIVE or UblkConst.UBLK_S_DEV_QUIESCED)
+                {
+                    dev.HandOver();
+                    return "the device was quiesced (upgrade)";
+                }
+                return "a queue exited";
+            }
+            if (w == 2)
+            {
+                handOver.Reset();
+                if ((dev.Info.flags & UblkConst.UBLK_F_USER_RECOVERY) == 0)
+                {
+                    Console.Error.WriteLine("ublk-aot: hand-over signal ignored: " + dev.BlockDevicePath + " was created without --recovery");
+                    continue;
+                }
+                dev.HandOver();
+                return "hand-over requested (upgrade)";
+            }
             int rc = ctrl.TryGetDevInfo(dev.Id, out ublksrv_ctrl_dev_info info);
             if (rc < 0) return "device was deleted";
             if (info.state != UblkConst.UBLK_S_DEV_LIVE) return "device state is " + UblkConst.StateName(info.state);

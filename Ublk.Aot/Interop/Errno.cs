@@ -8,6 +8,7 @@ public static class Errno
 {
     public const int EPERM = 1;
     public const int ENOENT = 2;
+    public const int ESRCH = 3;
     public const int EINTR = 4;
     public const int EIO = 5;
     public const int ENXIO = 6;
@@ -30,6 +31,7 @@ public static class Errno
     public const int ENOSYS = 38;
     public const int EOPNOTSUPP = 95;
     public const int ETIME = 62;
+    public const int ETIMEDOUT = 110;
     public const int ECANCELED = 125;
 
     /// <summary>errno of the last libc call made with SetLastError.</summary>
@@ -43,6 +45,7 @@ public static class Errno
         {
             EPERM => "EPERM",
             ENOENT => "ENOENT",
+            ESRCH => "ESRCH",
             EINTR => "EINTR",
             EIO => "EIO",
             ENXIO => "ENXIO",
@@ -65,6 +68,7 @@ public static class Errno
             ENOSYS => "ENOSYS",
             EOPNOTSUPP => "EOPNOTSUPP",
             ETIME => "ETIME",
+            ETIMEDOUT => "ETIMEDOUT",
             ECANCELED => "ECANCELED",
             _ => "errno " + errno.ToString(System.Globalization.CultureInfo.InvariantCulture),
         };

@@ -419,6 +419,15 @@ public sealed unsafe class IoUring : IDisposable
         sqe.timeout_flags = flags;
     }
 
+    /// <summary>IORING_OP_ASYNC_CANCEL of the request whose user_data is <paramref name="target"/>.</summary>
+    public static void PrepCancel(ref io_uring_sqe sqe, ulong target, ulong userData)
+    {
+        sqe.opcode = IORING_OP_ASYNC_CANCEL;
+        sqe.fd = -1;
+        sqe.addr = target;
+        sqe.user_data = userData;
+    }
+
     /// <summary>IORING_OP_URING_CMD; write the command struct into <see cref="CmdPayload"/> afterwards.</summary>
     public static void PrepUringCmd(ref io_uring_sqe sqe, int fd, uint cmdOp)
     {

@@ -39,6 +39,11 @@ public sealed class DeviceOptions
     public const ulong MaxIoLimit = 1UL << UBLK_IO_BUF_BITS;
 
     public int Queues { get; set; } = 1;
+    /// <summary>
+    /// Test hook (UBLK_AOT_TEST_HOOK=hold-fetch): each queue FETCHes only half its tags, so START_DEV and
+    /// END_USER_RECOVERY wait in the kernel. Lets the tests reach a deadline and a death inside recovery.
+    /// </summary>
+    public bool TestHoldFetch { get; set; }
     public int Depth { get; set; } = DefaultDepth;
     /// <summary>Logical block size: 512 or 4096.</summary>
     public uint BlockSize { get; set; } = 512;

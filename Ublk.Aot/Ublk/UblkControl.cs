@@ -13,22 +13,46 @@ namespace Ublk.Aot.Ublk;
 /// <summary>
 /// /dev/ublk-control: control commands as IORING_OP_URING_CMD on a SQE128 ring (ublksrv_ctrl_cmd sits in
 /// sqe->cmd). Commands are serialised by a lock; none of this is on the data path.
+/// <para>
+/// Every command has a deadline (<see cref="Timeout"/>). The kernel runs control commands in an io-wq worker (a
+/// non-blocking issue returns EAGAIN), so the submitting thread can stop waiting: on expiry the command is cancelled
+/// (IORING_OP_ASYNC_CANCEL signals the worker, which ends an interruptible wait such as START_DEV's) and a
+/// <see cref="UblkException"/> with ETIMEDOUT names the command, the device and the kernel. A command the kernel
+/// cannot interrupt stays in its worker; its buffer is then never freed (the kernel may still write it) and its late
+/// completion is recognised by its sequence number and dropped.
+/// </para>
 /// </summary>
 public sealed unsafe class UblkControl : IDisposable
 {
     public const string ControlPath = "/dev/ublk-control";
     private const uint AutoId = uint.MaxValue;
+    /// <summary>The deadline of one control command unless the caller says otherwise (peers use 30 s as well).</summary>
+    public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(30);
+    /// <summary>How long a cancelled command gets to come back before it is abandoned to its worker.</summary>
+    private static readonly TimeSpan CancelGrace = TimeSpan.FromSeconds(2);
+    private const int BufferSize = 4096;
+    private const ulong CancelTag = 1UL << 63; // user_data of our ASYNC_CANCELs; commands count up from 1
 
     private readonly int _fd;
     private readonly IoUring _ring;
     private readonly Lock _lock = new();
     private bool _useIoctlEncoding;
+    private ulong _seq;
+    // The command buffer (dev_info, params, cpu mask) lives in native memory owned here, not on a caller's stack:
+    // a command abandoned after its deadline may still be written by the kernel, so that buffer is left allocated.
+    private byte* _buf;
 
     /// <summary>The kernel's feature flags (UBLK_U_CMD_GET_FEATURES); 0 on kernels without the command.</summary>
     public ulong Features { get; }
 
-    public UblkControl()
+    /// <summary>Deadline of each command (<see cref="System.Threading.Timeout.InfiniteTimeSpan"/>: none).</summary>
+    public TimeSpan Timeout { get; }
+
+    public UblkControl() : this(DefaultTimeout) { }
+
+    public UblkControl(TimeSpan timeout)
     {
+        Timeout = timeout;
         _fd = Libc.Open(ControlPath, Libc.O_RDWR | Libc.O_CLOEXEC, 0);
         if (_fd < 0)
         {
@@ -50,6 +74,7 @@ public sealed unsafe class UblkControl : IDisposable
             Libc.Close(_fd);
             throw;
         }
+        _buf = (byte*)NativeMemory.AlignedAlloc(BufferSize, 64);
         _useIoctlEncoding = true;
         ulong features = 0; // UBLK_FEATURES_LEN bytes
         int rc = SendWith(UBLK_U_CMD_GET_FEATURES, 0, AutoId, ref features);
@@ -66,43 +91,113 @@ public sealed unsafe class UblkControl : IDisposable
         return c;
     }
 
-    /// <summary>Sends one control command, preferring the ioctl encoding; returns the CQE result (or -errno).</summary>
-    private int Send(uint encodedOp, uint legacyOp, ref ublksrv_ctrl_cmd cmd)
+    /// <summary>The command's name from its number (the low byte of both encodings), for messages.</summary>
+    public static string CommandName(uint op) => (op & 0xff) switch
+    {
+        UBLK_CMD_GET_QUEUE_AFFINITY => "GET_QUEUE_AFFINITY",
+        UBLK_CMD_GET_DEV_INFO => "GET_DEV_INFO",
+        UBLK_CMD_ADD_DEV => "ADD_DEV",
+        UBLK_CMD_DEL_DEV => "DEL_DEV",
+        UBLK_CMD_START_DEV => "START_DEV",
+        UBLK_CMD_STOP_DEV => "STOP_DEV",
+        UBLK_CMD_SET_PARAMS => "SET_PARAMS",
+        UBLK_CMD_GET_PARAMS => "GET_PARAMS",
+        UBLK_CMD_START_USER_RECOVERY => "START_USER_RECOVERY",
+        UBLK_CMD_END_USER_RECOVERY => "END_USER_RECOVERY",
+        UBLK_CMD_GET_DEV_INFO2 => "GET_DEV_INFO2",
+        0x13 => "GET_FEATURES",
+        0x14 => "DEL_DEV_ASYNC",
+        0x15 => "UPDATE_SIZE",
+        0x16 => "QUIESCE_DEV",
+        0x17 => "TRY_STOP_DEV",
+        0x18 => "REG_BUF",
+        0x19 => "UNREG_BUF",
+        uint n => "command 0x" + n.ToString("x2", System.Globalization.CultureInfo.InvariantCulture),
+    };
+
+    /// <summary>
+    /// Sends one control command, preferring the ioctl encoding; returns the CQE result (or -errno). Throws
+    /// <see cref="UblkException"/> (ETIMEDOUT) when the command is not back within <paramref name="timeout"/>.
+    /// </summary>
+    private int Send(uint encodedOp, uint legacyOp, ref ublksrv_ctrl_cmd cmd, TimeSpan timeout)
     {
         uint op = _useIoctlEncoding || legacyOp == 0 ? encodedOp : legacyOp;
         lock (_lock)
         {
             ref io_uring_sqe sqe = ref _ring.GetSqe();
             if (Unsafe.IsNullRef(ref sqe)) return -Errno.EBUSY;
+            ulong seq = ++_seq;
             IoUring.PrepUringCmd(ref sqe, _fd, op);
-            sqe.user_data = op;
+            sqe.user_data = seq;
             MemoryMarshal.Write(_ring.CmdPayload(ref sqe), in cmd);
-            int rc = _ring.WaitCqe(out io_uring_cqe cqe);
-            return rc < 0 ? rc : cqe.res;
+            int rc = _ring.Submit();
+            if (rc < 0) return rc;
+            long deadline = timeout == System.Threading.Timeout.InfiniteTimeSpan ? long.MaxValue
+                : Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+            rc = WaitFor(seq, deadline, out int res);
+            if (rc == 0) return res;
+            if (rc != -Errno.ETIME) return rc;
+
+            // Past the deadline: ask io_uring to cancel it (the worker gets a signal) and give it a moment to return.
+            ref io_uring_sqe c = ref _ring.GetSqe();
+            if (!Unsafe.IsNullRef(ref c))
+            {
+                IoUring.PrepCancel(ref c, seq, CancelTag | seq);
+                _ring.Submit();
+            }
+            bool back = WaitFor(seq, Environment.TickCount64 + (long)CancelGrace.TotalMilliseconds, out _) == 0;
+            if (!back) _buf = (byte*)NativeMemory.AlignedAlloc(BufferSize, 64); // the old one stays with the kernel
+            throw new UblkException(CommandName(op) + " on " + DevName(cmd.dev_id) + " did not complete within " +
+                FormatTimeout(timeout) + " (kernel " + UblkDevice.KernelRelease() + ")" +
+                (back ? "; it was cancelled" : "; it is still pending in the kernel"), Errno.ETIMEDOUT);
         }
     }
+
+    /// <summary>Waits for the CQE of command <paramref name="seq"/>, dropping others (late or cancel CQEs). 0, -ETIME or -errno.</summary>
+    private int WaitFor(ulong seq, long deadline, out int res)
+    {
+        while (true)
+        {
+            long left = deadline == long.MaxValue ? -1 : deadline - Environment.TickCount64;
+            if (deadline != long.MaxValue && left <= 0) { res = 0; return -Errno.ETIME; }
+            int rc = _ring.WaitCqe(out io_uring_cqe cqe, left < 0 ? -1 : left * 1_000_000);
+            if (rc == -Errno.ETIME) continue;
+            if (rc < 0) { res = 0; return rc; }
+            if (cqe.user_data == seq) { res = cqe.res; return 0; }
+        }
+    }
+
+    private static string FormatTimeout(TimeSpan t)
+        => t.TotalSeconds >= 1 && t.TotalSeconds == Math.Floor(t.TotalSeconds)
+            ? ((long)t.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture) + " s"
+            : ((long)t.TotalMilliseconds).ToString(System.Globalization.CultureInfo.InvariantCulture) + " ms";
 
     private static string DevName(uint id) => id == AutoId ? "ublk (new device)" : "ublk device " + id;
 
     /// <summary>Sends a command whose buffer (addr, len) is <paramref name="data"/>; returns the CQE result (or -errno).</summary>
     private int SendWith<T>(uint encodedOp, uint legacyOp, uint devId, ref T data, ulong data0 = 0) where T : unmanaged
     {
+        if (sizeof(T) > BufferSize) throw new ArgumentException("control buffer too large", nameof(data));
         ublksrv_ctrl_cmd cmd = NewCmd(devId);
         cmd.data0 = data0;
-        fixed (T* p = &data)
+        lock (_lock)
         {
-            cmd.addr = (ulong)p;
+            byte* buf = _buf; // Send may replace _buf after a timeout; this command's buffer is the one it was given
+            *(T*)buf = data;
+            cmd.addr = (ulong)buf;
             cmd.len = (ushort)sizeof(T);
-            return Send(encodedOp, legacyOp, ref cmd);
+            int rc = Send(encodedOp, legacyOp, ref cmd, Timeout);
+            if (rc >= 0) data = *(T*)buf;
+            return rc;
         }
     }
 
     /// <summary>Sends a command without a buffer (only dev_id and data[0]); returns the CQE result (or -errno).</summary>
-    private int SendPlain(uint encodedOp, uint legacyOp, uint devId, ulong data0 = 0)
+    private int SendPlain(uint encodedOp, uint legacyOp, uint devId, ulong data0 = 0, TimeSpan? timeout = null)
     {
         ublksrv_ctrl_cmd cmd = NewCmd(devId);
         cmd.data0 = data0;
-        return Send(encodedOp, legacyOp, ref cmd);
+        return Send(encodedOp, legacyOp, ref cmd, timeout ?? Timeout);
     }
 
     private void Check(int rc, string what, uint devId)
@@ -185,6 +280,15 @@ public sealed unsafe class UblkControl : IDisposable
     public void EndUserRecovery(uint devId, int serverPid)
         => Check(SendPlain(UBLK_U_CMD_END_USER_RECOVERY, UBLK_CMD_END_USER_RECOVERY, devId, (ulong)serverPid), "END_USER_RECOVERY", devId);
 
+    /// <summary>
+    /// QUIESCE_DEV (7.x, devices made with UBLK_F_QUIESCE): stops new I/O reaching the server, waits up to
+    /// <paramref name="wait"/> for every queue to have an idle tag, then completes the server's parked commands with
+    /// UBLK_IO_RES_ABORT; the server commits what it holds and exits, and the device waits for recovery. Returns 0 or
+    /// -errno (EBUSY: the wait expired; the device then takes no new I/O until its server exits).
+    /// </summary>
+    public int QuiesceDev(uint devId, TimeSpan wait)
+        => SendPlain(UBLK_U_CMD_QUIESCE_DEV, 0, devId, (ulong)Math.Max(1, (long)wait.TotalMilliseconds), wait + TimeSpan.FromSeconds(5));
+
     public int StopDev(uint devId) => SendPlain(UBLK_U_CMD_STOP_DEV, UBLK_CMD_STOP_DEV, devId);
 
     /// <summary>DEL_DEV waits until every opener of /dev/ublkbN is gone; DEL_DEV_ASYNC (6.8+) returns at once.</summary>
@@ -224,5 +328,8 @@ public sealed unsafe class UblkControl : IDisposable
     {
         _ring.Dispose();
         Libc.Close(_fd);
+        // Only the current buffer: one given to a command abandoned after its deadline was replaced, and stays.
+        NativeMemory.AlignedFree(_buf);
+        _buf = null;
     }
 }

@@ -33,6 +33,9 @@ public sealed class UblkDevice : IDisposable
     public string CharDevicePath => "/dev/ublkc" + Id;
     public UblkQueue[] Queues => _queues;
 
+    /// <summary>The queues handed their tags to the next server (<see cref="HandOver"/>); the device was left to it.</summary>
+    public bool HandedOver { get; private set; }
+
     /// <summary>Set when any queue thread has exited (a failure, or every tag aborted by the kernel).</summary>
     public ManualResetEventSlim QueueExited { get; } = new(false);
 
@@ -59,6 +62,9 @@ public sealed class UblkDevice : IDisposable
         if ((ctrl.Features & recovery) != recovery)
             throw new UblkException("--recovery " + DeviceOptions.RecoveryName(o.Recovery) + " needs " + MissingFeatures(ctrl.Features, recovery) +
                 ", which this kernel (" + KernelRelease() + ", ublk features 0x" + ctrl.Features.ToString("x") + ") does not have", Errno.EOPNOTSUPP);
+        // A recoverable device can also be handed over without a failed request (QUIESCE_DEV, 7.x) where the kernel
+        // has it; without it an upgrade takes the crash path, which REISSUE makes error-free as well.
+        if (recovery != 0) recovery |= ctrl.Features & UBLK_F_QUIESCE;
 
         ublksrv_ctrl_dev_info info = default;
         info.nr_hw_queues = (ushort)o.Queues;
@@ -87,9 +93,16 @@ public sealed class UblkDevice : IDisposable
         }
         catch
         {
-            dev.Dispose();
+            DisposeQuietly(dev);
             throw;
         }
+    }
+
+    /// <summary>Tears down after a failed start; the start's own error is the one reported.</summary>
+    private static void DisposeQuietly(UblkDevice dev)
+    {
+        try { dev.Dispose(); }
+        catch (UblkException) { }
     }
 
     /// <summary>The device is waiting for a new server (its server died with USER_RECOVERY set).</summary>
@@ -140,7 +153,7 @@ public sealed class UblkDevice : IDisposable
         }
         catch
         {
-            dev.Dispose();
+            DisposeQuietly(dev);
             throw;
         }
     }
@@ -189,7 +202,9 @@ public sealed class UblkDevice : IDisposable
             int[] cpus = _opts.Cpus is { Length: > 0 } c ? [c[q % c.Length]] : _ctrl.GetQueueAffinity(Id, (ushort)q);
             if (cpus.Length == 0) cpus = [online[q % online.Length]];
             var geometry = new QueueGeometry(Id, (ushort)q, Info.queue_depth, Info.max_io_buf_bytes);
-            var queue = new UblkQueue<TBackend>(geometry, BufferStrategy.Create(_opts.Buffers), _charFd, cpus, backendFiles, backend, ioctl);
+            // The hold-fetch test hook leaves half the tags without a FETCH, so START_DEV/END_USER_RECOVERY block.
+            int fetchTags = _opts.TestHoldFetch ? Info.queue_depth / 2 : -1;
+            var queue = new UblkQueue<TBackend>(geometry, BufferStrategy.Create(_opts.Buffers), _charFd, cpus, backendFiles, backend, ioctl, fetchTags);
             _queues[q] = queue;
             queue.Start(ready, QueueExited);
         }
@@ -251,18 +266,66 @@ public sealed class UblkDevice : IDisposable
     }
 
     /// <summary>
+    /// Every queue thread has ended clean within <paramref name="wait"/> (the kernel aborted their commands, or a
+    /// hand-over) with nothing taken left uncommitted.
+    /// </summary>
+    public bool QueuesEndedClean(TimeSpan wait)
+    {
+        long until = Environment.TickCount64 + (long)wait.TotalMilliseconds;
+        while (true)
+        {
+            bool all = true;
+            foreach (UblkQueue q in _queues)
+            {
+                if (!q.Join(TimeSpan.Zero)) { all = false; continue; }
+                if (q.Failure != null || !q.EndedClean) return false; // a failed queue answers at once
+            }
+            if (all) return true;
+            if (Environment.TickCount64 >= until) return false;
+            Thread.Sleep(10);
+        }
+    }
+
+    /// <summary>
+    /// Leaves the device to its next server (an upgrade): every queue finishes and commits what its backend holds,
+    /// leaves newer requests to the kernel (re-issued to the next server), and exits; /dev/ublkcN is closed; the
+    /// device is neither stopped nor deleted. The kernel then moves it to QUIESCED (or FAIL_IO) and `recover` takes it.
+    /// </summary>
+    public void HandOver()
+    {
+        if ((Info.flags & UBLK_F_USER_RECOVERY) == 0)
+            throw new UblkException("ublk device " + Id + " was created without --recovery: it cannot be handed over", Errno.EINVAL);
+        foreach (UblkQueue q in _queues) q.RequestHandOver();
+        foreach (UblkQueue q in _queues) q.Join();
+        if (_charFd >= 0) { Libc.Close(_charFd); _charFd = -1; }
+        _started = _owned = false;
+        HandedOver = true;
+    }
+
+    /// <summary>
     /// Shutdown order: STOP_DEV while the queues still serve (in-flight I/O completes, del_gendisk flushes),
     /// then stop and join the queue threads, unmap and close their rings (the kernel cancels the parked
     /// FETCHes), close /dev/ublkcN, and DEL_DEV (async when asked, so an opener cannot block us).
+    /// A control command that misses its deadline does not stop the teardown; the first such failure is thrown after it.
     /// </summary>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        if (_started) _ctrl.StopDev(Id);
+        UblkException? failed = null;
+        if (_started)
+        {
+            try { _ctrl.StopDev(Id); }
+            catch (UblkException e) { failed = e; }
+        }
         foreach (UblkQueue q in _queues) q?.RequestStop();
         foreach (UblkQueue q in _queues) q?.Join();
         if (_charFd >= 0) { Libc.Close(_charFd); _charFd = -1; }
-        if (_owned) _ctrl.DelDev(Id, _opts.AsyncDelete);
+        if (_owned)
+        {
+            try { _ctrl.DelDev(Id, _opts.AsyncDelete); }
+            catch (UblkException e) { failed ??= e; }
+        }
         QueueExited.Dispose();
+        if (failed != null) throw failed;
     }
 }

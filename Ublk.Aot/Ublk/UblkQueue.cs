@@ -85,8 +85,22 @@ public abstract class UblkQueue
     /// <summary>Asks the loop to exit (wakes it if blocked). Safe from any thread at any time, even before the thread starts or after it ended.</summary>
     public abstract void RequestStop();
 
+    /// <summary>
+    /// Asks the loop to hand its tags back to the kernel for the next server (an upgrade): requests the backend is
+    /// working on are finished and committed; requests that arrive from now on are left to the kernel, which
+    /// re-issues them to the next server (USER_RECOVERY_REISSUE); then the loop exits. Safe from any thread.
+    /// </summary>
+    public abstract void RequestHandOver();
+
+    /// <summary>
+    /// The loop ended because the kernel aborted its commands (STOP_DEV, QUIESCE_DEV) or for a hand-over, with every
+    /// request it had taken committed: nothing of this queue is lost if another server takes the device.
+    /// </summary>
+    public abstract bool EndedClean { get; }
+
     internal abstract void Start(CountdownEvent ready, ManualResetEventSlim exited);
     internal abstract void Join();
+    internal abstract bool Join(TimeSpan timeout);
     internal abstract Exception? Failure { get; }
 }
 
@@ -116,7 +130,15 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
     // at least one of them sees the other's store: either RequestStop cancels the published ring, or Run sees the
     // flag right after publishing and cancels it itself. IoUring.Cancel is safe against the ring's Dispose.
     private int _stopRequested;
+    private int _handOverRequested; // set before _stopRequested by RequestHandOver
     private IoUring? _ringForStop;
+
+    // Draining: the kernel aborted a command (the device stops or is quiesced) or a hand-over was asked for. The loop
+    // then exits as soon as the backend holds no request, after submitting the commits of those it finished.
+    private bool _draining;
+    private bool _leaveNewToKernel; // hand-over: requests arriving now stay with the kernel (re-issued later)
+    private volatile bool _endedClean;
+    private readonly int _fetchTags; // tags given a FETCH at start: Depth, fewer only under a test hook
 
     // The idle timer: one relative IORING_OP_TIMEOUT, re-armed from its own CQE (nothing per I/O).
     private readonly long _idleNs;   // 0: the buffer strategy never wants idle release
@@ -125,9 +147,10 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
     private bool _ioSinceRelease;    // a request arrived since the last idle release
 
     public UblkQueue(in QueueGeometry geometry, BufferStrategy buffers, int charFd, int[] cpus, int[] extraFiles,
-        TBackend backend, bool ioctlEncoding)
+        TBackend backend, bool ioctlEncoding, int fetchTags = -1)
         : base(geometry, buffers)
     {
+        _fetchTags = fetchTags < 0 ? geometry.Depth : Math.Min(fetchTags, geometry.Depth);
         _charFd = charFd;
         _cpus = cpus;
         _extraFiles = extraFiles;
@@ -151,10 +174,20 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
 
     internal override void Join() => _thread?.Join();
 
+    internal override bool Join(TimeSpan timeout) => _thread == null || _thread.Join(timeout);
+
+    public override bool EndedClean => _endedClean;
+
     public override void RequestStop()
     {
         Interlocked.Exchange(ref _stopRequested, 1);
         Volatile.Read(ref _ringForStop)?.Cancel();
+    }
+
+    public override void RequestHandOver()
+    {
+        Interlocked.Exchange(ref _handOverRequested, 1);
+        RequestStop();
     }
 
     private void Run(CountdownEvent ready)
@@ -165,7 +198,7 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
             SetUp();
             _backend.Attach(this);
             _stats.Cpu = Libc.SchedGetCpu();
-            for (int t = 0; t < Depth; t++) QueueCmd((ushort)t, QueueOp.Fetch, 0);
+            for (int t = 0; t < _fetchTags; t++) QueueCmd((ushort)t, QueueOp.Fetch, 0);
             if (_idleNs > 0) ArmIdleTick();
             // With DEFER_TASKRUN the FETCHes are processed as task work: enter with GETEVENTS (Submit does) so
             // they reach the driver before START_DEV waits for them.
@@ -195,7 +228,11 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
             // Unpublish before the ring goes; a RequestStop that already loaded it is serialised with Dispose
             // inside IoUring (Cancel never writes to a closed, possibly reused, eventfd number).
             Interlocked.Exchange(ref _ringForStop, null);
-            TearDown();
+            // A hand-over leaves the ring, the descriptors and the buffers to this thread's exit, which the process's
+            // exit follows: the kernel then gives the parked commands and the requests left to it back exactly as
+            // after a crash (the path SIGKILL proves), each requeued for the next server. Closing the ring from the
+            // live thread instead left 6.12 waiting for a request forever in 1 of 3 upgrades (AGENTS.md).
+            if (Volatile.Read(ref _handOverRequested) == 0 || !_endedClean) TearDown();
         }
     }
 
@@ -259,8 +296,20 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
         while (true)
         {
             // Checked every iteration: under load the CQ is never empty and the eventfd wake-up may never be seen.
-            if (ring.IsCancelled) break;
-            if (_cmdsInFlight == 0 && _backendInFlight == 0) break; // every tag aborted: the device is gone
+            if (ring.IsCancelled)
+            {
+                if (Volatile.Read(ref _handOverRequested) == 0) break;
+                _draining = _leaveNewToKernel = true; // a cancelled ring no longer blocks: this spins until drained
+            }
+            if (_draining && _backendInFlight == 0)
+            {
+                // Every request taken is finished: hand the commits to the kernel before the ring goes.
+                int src = ring.Submit();
+                if (src < 0) throw new SysException("io_uring_enter(COMMIT, queue " + QueueId + ")", -src);
+                _endedClean = true;
+                break;
+            }
+            if (_cmdsInFlight == 0 && _backendInFlight == 0) { _endedClean = true; break; } // every tag aborted
             int rc = ring.SubmitAndWait(1);
             if (rc < 0 && rc != -Errno.EINTR && rc != -Errno.EAGAIN && rc != -Errno.EBUSY && rc != -Errno.ETIME)
                 throw new SysException("io_uring_enter(queue " + QueueId + ")", -rc);
@@ -297,10 +346,16 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
             case QueueOp.Fetch:
             case QueueOp.Commit:
                 _cmdsInFlight--;
-                if (res == UBLK_IO_RES_OK) HandleIo(tag);
-                // UBLK_IO_RES_ABORT: the device is stopping; this tag is done. Any other error means the command
-                // itself was refused; the tag cannot be served again either.
-                else if (res != UBLK_IO_RES_ABORT) _stats.Errors++;
+                if (res == UBLK_IO_RES_OK)
+                {
+                    // Hand-over: not taken. The next server gets it (the kernel re-issues a request the old one held).
+                    if (!_leaveNewToKernel) HandleIo(tag);
+                }
+                // UBLK_IO_RES_ABORT: the device is stopping or being quiesced (QUIESCE_DEV aborts only the idle tags);
+                // finish what the backend holds, then leave. Any other error means the command itself was refused; the
+                // tag cannot be served again either.
+                else if (res == UBLK_IO_RES_ABORT) _draining = true;
+                else _stats.Errors++;
                 return;
         }
     }
