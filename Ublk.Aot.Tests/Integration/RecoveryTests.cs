@@ -69,19 +69,24 @@ public sealed class RecoveryTests(ITestOutputHelper output)
 
     internal static ulong Features()
     {
+        Require(); // loads ublk_drv
         Result r = UblkAot("features --json");
         Assert.True(r.Code == 0, "features: " + r);
         using var doc = JsonDocument.Parse(r.Out);
         return doc.RootElement.GetProperty("value").GetUInt64();
     }
 
-    [Fact]
-    public void Sigkill_during_fio_verify_then_recover_loses_nothing()
+    /// <summary>
+    /// A recoverable file device under paced fio random writes with crc32c verify; <paramref name="change"/> replaces
+    /// its server <paramref name="count"/> times while fio writes (it gets the current server and returns the next).
+    /// fio must end with exit 0, err= 0 and its verify passed; then the last server stops and the state file goes.
+    /// </summary>
+    internal static void FioVerifyAcrossServerChanges(ITestOutputHelper output, string name, int count, int pauseMs,
+        Func<ServerProcess, int, ServerProcess> change)
     {
         Require();
         AssertNoDevices();
-        int cycles = StressKnobs.Count("UBLK_RECOVER_CYCLES", 20);
-        string dir = TempDir("recover-fio");
+        string dir = TempDir(name);
         string img = Path.Combine(dir, "r.img");
         File.Delete(img);
         ServerProcess s = ServerProcess.Start("--backend file:" + img + ",size=256M --recovery reissue --queues 2 --depth 32");
@@ -91,29 +96,27 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         try
         {
             Assert.True(File.Exists("/run/ublk-aot/" + id + ".json"), "no state file for a recoverable device");
-            // Paced random writes with verification afterwards: the write phase outlasts every kill/recover cycle.
+            // Paced random writes with verification afterwards: the write phase outlasts every change of server.
             string log = Path.Combine(dir, "fio.log");
-            string job = "fio --name=recover --filename=" + dev + " --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k" +
-                " --iodepth=16 --size=64M --rate_iops=" + Math.Max(50, 16384 / (cycles * 7)) + " --verify=crc32c --do_verify=1 --verify_fatal=1";
+            string job = "fio --name=" + name + " --filename=" + dev + " --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k" +
+                " --iodepth=16 --size=64M --rate_iops=" + Math.Max(50, 16384 / (count * (pauseMs / 1000 + 6))) +
+                " --verify=crc32c --do_verify=1 --verify_fatal=1";
             fio = Process.Start(new ProcessStartInfo("/bin/bash", "-c \"" + job + " > " + log + " 2>&1\"") { UseShellExecute = false })!;
             string FioLog() => File.Exists(log) ? File.ReadAllText(log) : "";
-            for (int c = 0; c < cycles; c++)
+            for (int c = 0; c < count; c++)
             {
-                Thread.Sleep(1500);
-                Assert.False(fio.HasExited, "fio ended before cycle " + c + ": " + FioLog());
-                JsonElement e = KillUntilQuiesced(s, id);
-                Assert.False(e.GetProperty("server_alive").GetBoolean(), "a killed server is reported alive: " + e);
-                Assert.True(e.GetProperty("waits_for_recovery").GetBoolean(), e.ToString());
-                Assert.True(File.Exists(dev), dev + " vanished while the device waited for recovery");
-                s = Recover(s, id);
+                Thread.Sleep(pauseMs);
+                Assert.False(fio.HasExited, "fio ended before change " + c + ": " + FioLog());
+                s = change(s, id);
                 Assert.Equal(dev, s.DevicePath);
                 AssertSays(s, "recovered " + dev);
             }
-            Assert.True(fio.WaitForExit(600_000), "fio did not finish after the last recovery");
+            Assert.True(fio.WaitForExit(600_000), "fio did not finish after the last change of server");
             string fioLog = FioLog();
             output.WriteLine(fioLog);
-            Assert.True(fio.ExitCode == 0, "fio failed across " + cycles + " kill/recover cycles (exit " + fio.ExitCode + "):\n" + fioLog);
+            Assert.True(fio.ExitCode == 0, "fio failed across " + count + " changes of server (exit " + fio.ExitCode + "):\n" + fioLog);
             Assert.Contains("err= 0", fioLog);
+            Assert.True(ListEntry(id).GetProperty("server_alive").GetBoolean());
             Assert.Equal(0, s.Stop());
             Assert.False(File.Exists("/run/ublk-aot/" + id + ".json"), "the state file outlived the device");
         }
@@ -125,6 +128,18 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         }
         AssertNoDevices();
     }
+
+    [Fact]
+    public void Sigkill_during_fio_verify_then_recover_loses_nothing()
+        => FioVerifyAcrossServerChanges(output, "recover-fio", StressKnobs.Count("UBLK_RECOVER_CYCLES", 20), 1500, (s, id) =>
+        {
+            string dev = s.DevicePath;
+            JsonElement e = KillUntilQuiesced(s, id);
+            Assert.False(e.GetProperty("server_alive").GetBoolean(), "a killed server is reported alive: " + e);
+            Assert.True(e.GetProperty("waits_for_recovery").GetBoolean(), e.ToString());
+            Assert.True(File.Exists(dev), dev + " vanished while the device waited for recovery");
+            return Recover(s, id);
+        });
 
     [Fact]
     public void Mkfs_killed_mid_way_and_a_mounted_filesystem_survive_kill_and_recover()

@@ -25,54 +25,17 @@ public sealed class UpgradeTests(ITestOutputHelper output)
     [Fact]
     public void Upgrades_under_fio_verify_fail_no_request()
     {
-        Require();
-        AssertNoDevices();
-        int upgrades = StressKnobs.Count("UBLK_UPGRADE_CYCLES", 10);
         bool quiesce = (Features() & Quiesce) != 0;
-        string dir = TempDir("upgrade-fio");
-        string img = Path.Combine(dir, "u.img");
-        File.Delete(img);
-        ServerProcess s = ServerProcess.Start("--backend file:" + img + ",size=256M --recovery reissue --queues 2 --depth 32");
-        int id = s.Id;
-        string dev = s.DevicePath;
-        Process? fio = null;
-        try
+        FioVerifyAcrossServerChanges(output, "upgrade-fio", StressKnobs.Count("UBLK_UPGRADE_CYCLES", 10), 1000, (old, id) =>
         {
-            string log = Path.Combine(dir, "fio.log");
-            string job = "fio --name=upgrade --filename=" + dev + " --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k" +
-                " --iodepth=16 --size=64M --rate_iops=" + Math.Max(50, 16384 / (upgrades * 6)) + " --verify=crc32c --do_verify=1 --verify_fatal=1";
-            fio = Process.Start(new ProcessStartInfo("/bin/bash", "-c \"" + job + " > " + log + " 2>&1\"") { UseShellExecute = false })!;
-            string FioLog() => File.Exists(log) ? File.ReadAllText(log) : "";
-            for (int u = 0; u < upgrades; u++)
-            {
-                Thread.Sleep(1000);
-                Assert.False(fio.HasExited, "fio ended before upgrade " + u + ": " + FioLog());
-                ServerProcess old = s;
-                // The upgrading process becomes the new server: it prints the device once it is recovered.
-                s = ServerProcess.StartCommand("upgrade " + id);
-                Assert.Equal(dev, s.DevicePath);
-                AssertSays(s, quiesce ? "QUIESCE_DEV" : "SIGUSR1");
-                AssertSays(s, "recovered " + dev);
-                Assert.Equal(0, old.WaitExit(30_000));
-                Assert.Contains("handed over to its next server", old.Stderr);
-                old.DisposeKeepingDevice();
-            }
-            Assert.True(fio.WaitForExit(600_000), "fio did not finish after the last upgrade");
-            string fioLog = FioLog();
-            output.WriteLine(fioLog);
-            Assert.True(fio.ExitCode == 0, "fio failed across " + upgrades + " upgrades (exit " + fio.ExitCode + "):\n" + fioLog);
-            Assert.Contains("err= 0", fioLog);
-            Assert.True(ListEntry(id).GetProperty("server_alive").GetBoolean());
-            Assert.Equal(0, s.Stop());
-            Assert.False(File.Exists("/run/ublk-aot/" + id + ".json"), "the state file outlived the device");
-        }
-        finally
-        {
-            if (fio is { HasExited: false }) { fio.Kill(); fio.WaitForExit(10_000); }
-            s.Dispose();
-            UblkAot("del " + id);
-        }
-        AssertNoDevices();
+            // The upgrading process becomes the new server: it prints the device once it is recovered.
+            ServerProcess s = ServerProcess.StartCommand("upgrade " + id);
+            AssertSays(s, quiesce ? "QUIESCE_DEV" : "SIGUSR1");
+            Assert.Equal(0, old.WaitExit(30_000));
+            Assert.Contains("handed over to its next server", old.Stderr);
+            old.DisposeKeepingDevice();
+            return s;
+        });
     }
 
     [Fact]
