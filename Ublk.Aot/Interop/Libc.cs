@@ -133,15 +133,27 @@ internal static unsafe partial class Libc
         byte* p = (byte*)Marshal.StringToCoTaskMemUTF8(path);
         try
         {
-            for (int i = 0; i < argv.Length; i++) ptrs[i] = (byte*)Marshal.StringToCoTaskMemUTF8(argv[i]);
+            FillArgv(ptrs, argv);
             fixed (byte** a = ptrs) Execv(p, a);
             return Errno.Last;
         }
         finally
         {
             Marshal.FreeCoTaskMem((nint)p);
-            for (int i = 0; i < argv.Length; i++) Marshal.FreeCoTaskMem((nint)ptrs[i]);
+            FreeArgv(ptrs);
         }
+    }
+
+    /// <summary>UTF-8 copies of <paramref name="argv"/> into <paramref name="ptrs"/> (one longer: the last stays null).</summary>
+    private static void FillArgv(byte*[] ptrs, string[] argv)
+    {
+        for (int i = 0; i < argv.Length; i++) ptrs[i] = (byte*)Marshal.StringToCoTaskMemUTF8(argv[i]);
+    }
+
+    /// <summary>Frees what <see cref="FillArgv"/> allocated (also after it failed half-way).</summary>
+    private static void FreeArgv(byte*[] ptrs)
+    {
+        for (int i = 0; i < ptrs.Length; i++) Marshal.FreeCoTaskMem((nint)ptrs[i]);
     }
 
     [LibraryImport(Lib, EntryPoint = "pipe2", SetLastError = true)]
@@ -194,14 +206,14 @@ internal static unsafe partial class Libc
         byte* noEnv = null;
         try
         {
-            for (int i = 0; i < argv.Length; i++) args[i] = (byte*)Marshal.StringToCoTaskMemUTF8(argv[i]);
+            FillArgv(args, argv);
             fixed (byte** a = args) rc = PosixSpawn(&pid, p, fa, null, a, &noEnv);
         }
         finally
         {
             SpawnActionsDestroy(fa);
             Marshal.FreeCoTaskMem((nint)p);
-            for (int i = 0; i < argv.Length; i++) Marshal.FreeCoTaskMem((nint)args[i]);
+            FreeArgv(args);
             Close(fds[1]);
         }
         if (rc != 0) { Close(fds[0]); return -rc; }
