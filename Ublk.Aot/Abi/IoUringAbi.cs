@@ -110,6 +110,17 @@ public struct iovec
     public nuint iov_len;
 }
 
+/// <summary>IORING_REGISTER_BUFFERS2's argument: with IORING_RSRC_REGISTER_SPARSE, <c>nr</c> empty slots (data = 0).</summary>
+[StructLayout(LayoutKind.Sequential, Size = 32)]
+public struct io_uring_rsrc_register
+{
+    public uint nr;
+    public uint flags;
+    public ulong resv2;
+    public ulong data;
+    public ulong tags;
+}
+
 public static class IoUringConst
 {
     public const int SQE_SIZE = 64;
@@ -191,6 +202,8 @@ public static class IoUringConst
     public const uint IORING_UNREGISTER_BUFFERS = 1;
     public const uint IORING_REGISTER_FILES = 2;
     public const uint IORING_UNREGISTER_FILES = 3;
+    public const uint IORING_REGISTER_BUFFERS2 = 15;
+    public const uint IORING_RSRC_REGISTER_SPARSE = 1u << 0;
 
     // fallocate modes (linux/falloc.h) and per-I/O flags (linux/fs.h)
     public const int FALLOC_FL_KEEP_SIZE = 0x01;

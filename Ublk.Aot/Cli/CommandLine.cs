@@ -22,8 +22,9 @@ public static class CommandLine
 
           serve --backend SPEC [--queues N] [--depth N] [--block-size 512|4096] [--max-io BYTES]
                 [--read-only] [--id N] [--cpus LIST] [--idle-release SECONDS] [--fixed-buffers] [--huge-buffers]
-                [--recovery reissue|fail-io|off] [--stats]
+                [--recovery reissue|fail-io|off] [--io-mode auto|copy|user-copy|zero-copy|auto-buf-reg] [--stats]
                     create /dev/ublkbN served by this process until SIGINT/SIGTERM;
+                    --io-mode: how request data moves (auto: the fastest this kernel and backend allow; see README);
                     --recovery: the device outlives this server's death and waits for `recover`
                     (reissue: I/O waits and requests in flight are re-issued; fail-io: I/O fails meanwhile);
                     with --id N, a device N whose server died is recovered instead of created;

@@ -66,13 +66,21 @@ public static class Serve
                     d.Recovery = StateFile.ParseRecovery(v) ?? throw new UsageException("serve: --recovery must be reissue, fail-io or off, got '" + v + "'");
                     break;
                 }
+                case "--io-mode":
+                {
+                    string v = Value();
+                    d.IoMode = IoModes.Parse(v) ?? throw new UsageException("serve: --io-mode must be " + string.Join(", ", IoModes.Names) + ", got '" + v + "'");
+                    break;
+                }
                 case "--idle-release": d.IdleRelease = TimeSpan.FromSeconds(Int(DeviceOptions.IdleReleaseRange, Value())); break;
                 default: throw new UsageException("serve: unknown option '" + arg + "'");
             }
         }
         if (d.Validate() is { } invalid) throw new UsageException("serve: " + invalid);
         // Test seams, not options: only the integration tests set this.
-        d.TestHoldFetch = Environment.GetEnvironmentVariable("UBLK_AOT_TEST_HOOK") == "hold-fetch";
+        string hook = Environment.GetEnvironmentVariable("UBLK_AOT_TEST_HOOK") ?? "";
+        d.TestHoldFetch = hook == "hold-fetch";
+        d.TestBadAutoBufIndex = hook == "auto-buf-bad-index";
         if (a.Backend == null && backendRequired) throw new UsageException("serve: --backend SPEC is required (" + BackendTable.Syntax + ")");
         return a;
     }
@@ -165,6 +173,14 @@ public static class Serve
                     existing = Settle(ctrl, (uint)a.Device.Id, existing);
                     recover |= UblkDevice.WaitsForRecovery(existing);
                 }
+                // The io mode: a recovered device keeps its own (UblkDevice.Recover); a new one gets the requested mode,
+                // or auto's pick, refused here in one line if the backend or the kernel cannot have it.
+                if (!recover)
+                {
+                    IoMode? mode = IoModes.Resolve(a.Device.IoMode, caps.Modes, spec.Describe(), ctrl.Features, a.Device.FixedBuffers,
+                        UblkDevice.KernelRelease(), out string? modeError);
+                    a.Device.IoMode = mode ?? throw new UsageException("serve: " + modeError);
+                }
                 UblkDevice dev;
                 try
                 {
@@ -186,7 +202,7 @@ public static class Serve
                     Console.Error.WriteLine("ublk-aot: " + (dev.Recovered ? "recovered " + dev.BlockDevicePath + ", serving " : "serving ") + spec.Describe() + " as " + dev.BlockDevicePath + ": " + Sizes.Format(caps.Size) +
                         ", " + info.nr_hw_queues + " queue(s) x depth " + info.queue_depth + ", block " + a.Device.BlockSize +
                         ", max io " + Sizes.Format(info.max_io_buf_bytes) + (a.Device.ReadOnly ? ", read-only" : "") +
-                        ", recovery " + DeviceOptions.RecoveryName(a.Device.Recovery) +
+                        ", recovery " + DeviceOptions.RecoveryName(a.Device.Recovery) + ", io mode " + IoModes.Name(a.Device.IoMode) +
                         ", kernel features 0x" + ctrl.Features.ToString("x", CultureInfo.InvariantCulture));
                     why = Wait(ctrl, dev, stop, handOver);
                     if (dev.HandedOver)
@@ -201,7 +217,7 @@ public static class Serve
                 {
                     if (q.Failure is { } f) { Console.Error.WriteLine("ublk-aot: queue " + q.QueueId + ": " + f.Message); failed = true; }
                 }
-                if (a.Stats) PrintStats(dev);
+                if (a.Stats) PrintStats(dev, a.Device.IoMode);
                 if (handedOver) return failed ? 1 : 0; // the state file stays: the next server recovers from it
                 StateFile.Delete(dev.Id);
                 Console.Error.WriteLine("ublk-aot: " + dev.BlockDevicePath + " removed");
@@ -288,13 +304,14 @@ public static class Serve
         }
     }
 
-    private static void PrintStats(UblkDevice dev)
+    private static void PrintStats(UblkDevice dev, IoMode mode)
     {
+        Console.Error.WriteLine("stats io_mode=" + IoModes.Name(mode));
         foreach (UblkQueue q in dev.Queues)
         {
             QueueStats s = q.Stats;
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"stats queue={q.QueueId} cpu={s.Cpu} reads={s.Reads} writes={s.Writes} flushes={s.Flushes} discards={s.Discards} write_zeroes={s.WriteZeroes} other={s.Other} errors={s.Errors} bytes_read={s.BytesRead} bytes_written={s.BytesWritten} loops={s.LoopIterations} idle_releases={s.IdleReleases} alloc_bytes={s.AllocatedBytes} gc0={s.Gen0Collections}"));
+                $"stats queue={q.QueueId} cpu={s.Cpu} reads={s.Reads} writes={s.Writes} flushes={s.Flushes} discards={s.Discards} write_zeroes={s.WriteZeroes} other={s.Other} errors={s.Errors} bytes_read={s.BytesRead} bytes_written={s.BytesWritten} loops={s.LoopIterations} idle_releases={s.IdleReleases} reg_fallbacks={s.RegFallbacks} reg_failures={s.RegFailures} alloc_bytes={s.AllocatedBytes} gc0={s.Gen0Collections}"));
         }
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"stats process gc0={GC.CollectionCount(0)} gc1={GC.CollectionCount(1)} gc2={GC.CollectionCount(2)} allocated={GC.GetTotalAllocatedBytes()}"));

@@ -352,6 +352,19 @@ public sealed unsafe class IoUring : IDisposable
         }
     }
 
+    /// <summary>
+    /// A table of <paramref name="count"/> empty fixed-buffer slots (IORING_REGISTER_BUFFERS2, sparse): ublk's zero copy
+    /// installs each request's pages in one (REGISTER_IO_BUF, or the kernel itself with AUTO_BUF_REG).
+    /// </summary>
+    public void RegisterSparseBuffers(uint count)
+    {
+        io_uring_rsrc_register reg = default;
+        reg.nr = count;
+        reg.flags = IORING_RSRC_REGISTER_SPARSE;
+        long rc = Libc.Syscall6(Libc.SYS_io_uring_register, _fd, (nint)IORING_REGISTER_BUFFERS2, (nint)(&reg), sizeof(io_uring_rsrc_register), 0, 0);
+        SysException.Check(rc, "io_uring_register(BUFFERS2, " + count + " sparse)");
+    }
+
     // ---- prep helpers: they only fill an SQE (which GetSqe zeroed) ----
 
     public static void PrepNop(ref io_uring_sqe sqe, ulong userData)

@@ -45,6 +45,13 @@ public struct BackendCaps
     public bool DataDiesWithServer;
     /// <summary>Smallest logical block size the backend can serve (e.g. 4096 for a 4K-sector device opened O_DIRECT).</summary>
     public uint MinBlockSize;
+    /// <summary>The io modes the backend can serve, fastest first (what --io-mode auto tries in order); null: copy only.</summary>
+    public IoMode[]? IoModes;
+    /// <summary>In user-copy mode the backend moves data through per-tag buffers (file I/O needs user memory); without
+    /// it user copy has no per-tag buffer at all.</summary>
+    public bool UserCopyBounce;
+
+    public readonly IoMode[] Modes => IoModes ?? [IoMode.Copy];
 }
 
 public static class Backend

@@ -78,7 +78,13 @@ public sealed class DeviceOptions
     /// <summary>What happens to the device when this server dies; see <see cref="RecoveryMode"/>.</summary>
     public RecoveryMode Recovery { get; set; }
 
-    public BufferOptions Buffers => new(IdleRelease, FixedBuffers, HugeBuffers);
+    /// <summary>How request data moves (serve --io-mode); <see cref="IoMode.Auto"/> until the device resolves it.</summary>
+    public IoMode IoMode { get; set; } = IoMode.Auto;
+
+    /// <summary>Test hook (UBLK_AOT_TEST_HOOK=auto-buf-bad-index): every fourth tag's AUTO_BUF_REG index is one the kernel refuses.</summary>
+    public bool TestBadAutoBufIndex { get; set; }
+
+    public BufferOptions Buffers => new(IdleRelease, FixedBuffers, HugeBuffers, IoMode, TestBadAutoIndex: TestBadAutoBufIndex);
 
     /// <summary>The UBLK_F_* flags <paramref name="mode"/> asks ADD_DEV for.</summary>
     public static ulong RecoveryFlags(RecoveryMode mode) => mode switch

@@ -65,6 +65,11 @@ public sealed class UblkDevice : IDisposable
         // A recoverable device can also be handed over without a failed request (QUIESCE_DEV, 7.x) where the kernel
         // has it; without it an upgrade takes the crash path, which REISSUE makes error-free as well.
         if (recovery != 0) recovery |= ctrl.Features & UBLK_F_QUIESCE;
+        if (o.IoMode == IoMode.Auto) o.IoMode = IoModes.Resolve(IoMode.Auto, caps.Modes, "", ctrl.Features, o.FixedBuffers, "", out _)!.Value;
+        ulong ioFlags = IoModes.Flags(o.IoMode);
+        if ((ctrl.Features & ioFlags) != ioFlags)
+            throw new UblkException("--io-mode " + IoModes.Name(o.IoMode) + " needs " + MissingFeatures(ctrl.Features, ioFlags) +
+                ", which this kernel (" + KernelRelease() + ", ublk features 0x" + ctrl.Features.ToString("x") + ") does not have", Errno.EOPNOTSUPP);
 
         ublksrv_ctrl_dev_info info = default;
         info.nr_hw_queues = (ushort)o.Queues;
@@ -73,7 +78,7 @@ public sealed class UblkDevice : IDisposable
         info.dev_id = o.Id < 0 ? uint.MaxValue : (uint)o.Id;
         info.ublksrv_pid = Environment.ProcessId;
         // Ask only for what the kernel has: CMD_IOCTL_ENCODE makes the I/O commands ioctl-encoded too.
-        info.flags = (ctrl.Features & UBLK_F_CMD_IOCTL_ENCODE) | recovery;
+        info.flags = (ctrl.Features & UBLK_F_CMD_IOCTL_ENCODE) | recovery | ioFlags;
         info = ctrl.AddDev(info);
 
         var dev = new UblkDevice(ctrl, o, info.dev_id, caps) { Info = info, _owned = true };
@@ -82,6 +87,8 @@ public sealed class UblkDevice : IDisposable
             // A kernel that does not know a flag drops it silently (6.12 masks ADD_DEV's flags with its UBLK_F_ALL).
             if ((info.flags & recovery) != recovery)
                 throw new UblkException("ublk device " + info.dev_id + ": the kernel dropped the recovery flags " + MissingFeatures(info.flags, recovery), Errno.EOPNOTSUPP);
+            if ((info.flags & ioFlags) != ioFlags)
+                throw new UblkException("ublk device " + info.dev_id + ": the kernel dropped the io mode flags " + MissingFeatures(info.flags, ioFlags), Errno.EOPNOTSUPP);
             ctrl.SetParams(dev.Id, BuildParams(o, caps, info));
             dev.StartQueues(backend, backendFiles);
             beforeStart?.Invoke(dev);
@@ -140,6 +147,10 @@ public sealed class UblkDevice : IDisposable
             throw new UblkException("START_USER_RECOVERY on ublk device " + id + " failed: " + Errno.Name(rc) +
                 (rc == -Errno.EBUSY ? " (its dead server still holds /dev/ublkc" + id + " after " + (int)startTimeout.TotalSeconds + " s)" : ""), rc);
 
+        // The device keeps the io mode it was made with: serve it in that one (the backend must have it).
+        o.IoMode = IoModes.OfDeviceFlags(info.flags);
+        if (Array.IndexOf(caps.Modes, o.IoMode) < 0)
+            throw new UblkException("ublk device " + id + " was created with --io-mode " + IoModes.Name(o.IoMode) + ", which this backend cannot serve", Errno.EINVAL);
         var dev = new UblkDevice(ctrl, o, id, caps) { Info = info };
         try
         {
@@ -170,13 +181,7 @@ public sealed class UblkDevice : IDisposable
         return null;
     }
 
-    private static string MissingFeatures(ulong have, ulong want)
-    {
-        var names = new System.Collections.Generic.List<string>();
-        for (int bit = 0; bit < FeatureNames.Length; bit++)
-            if ((want & ~have & (1UL << bit)) != 0) names.Add("UBLK_F_" + FeatureNames[bit]);
-        return string.Join(" + ", names);
-    }
+    private static string MissingFeatures(ulong have, ulong want) => IoModes.FeatureList(want & ~have);
 
     /// <summary>The running kernel's release, for messages.</summary>
     public static string KernelRelease()
@@ -201,10 +206,10 @@ public sealed class UblkDevice : IDisposable
             // --cpus pins queue q to one CPU; otherwise to the CPUs the block layer maps to this queue.
             int[] cpus = _opts.Cpus is { Length: > 0 } c ? [c[q % c.Length]] : _ctrl.GetQueueAffinity(Id, (ushort)q);
             if (cpus.Length == 0) cpus = [online[q % online.Length]];
-            var geometry = new QueueGeometry(Id, (ushort)q, Info.queue_depth, Info.max_io_buf_bytes);
+            var geometry = new QueueGeometry(Id, (ushort)q, Info.queue_depth, Info.max_io_buf_bytes, _opts.IoMode);
             // The hold-fetch test hook leaves half the tags without a FETCH, so START_DEV/END_USER_RECOVERY block.
             int fetchTags = _opts.TestHoldFetch ? Info.queue_depth / 2 : -1;
-            var queue = new UblkQueue<TBackend>(geometry, BufferStrategy.Create(_opts.Buffers), _charFd, cpus, backendFiles, backend, ioctl, fetchTags);
+            var queue = new UblkQueue<TBackend>(geometry, BufferStrategy.Create(_opts.Buffers with { Bounce = Caps.UserCopyBounce }), _charFd, cpus, backendFiles, backend, ioctl, fetchTags);
             _queues[q] = queue;
             queue.Start(ready, QueueExited);
         }

@@ -17,6 +17,10 @@ public struct QueueStats
     public long LoopIterations;
     /// <summary>Times the queue, idle, gave its buffer pages back (see <see cref="DeviceOptions.IdleRelease"/>).</summary>
     public long IdleReleases;
+    /// <summary>AUTO_BUF_REG: requests the kernel could not register (UBLK_IO_F_NEED_REG_BUF), registered by hand.</summary>
+    public long RegFallbacks;
+    /// <summary>Zero copy: REGISTER_IO_BUF / UNREGISTER_IO_BUF commands the kernel refused (the request then failed).</summary>
+    public long RegFailures;
     /// <summary>Managed bytes the queue thread allocated between its first FETCH and its exit.</summary>
     public long AllocatedBytes;
     public int Gen0Collections;
@@ -27,18 +31,101 @@ public struct QueueStats
 /// One ublk hardware queue as a backend sees it: its geometry, its buffers and SQEs on its ring. The thread, the
 /// descriptors and the loop live in <see cref="UblkQueue{TBackend}"/>; the buffers in a <see cref="BufferStrategy"/>.
 /// </summary>
-public abstract class UblkQueue
+public abstract unsafe class UblkQueue
 {
     private readonly QueueGeometry _geometry;
     private readonly TagBuffers? _tagBuffers;
     private protected IoUring? _ring;
     internal QueueStats _stats;
+    private protected readonly bool _ioctlEncoding;
+    // Zero copy: tags whose request pages this queue installed itself (REGISTER_IO_BUF), to be removed before the commit.
+    private protected readonly bool[] _manualReg;
+    private byte* _zeroes; // MaxIoBytes of zeros, made on first use (write-zeroes where the file system cannot)
 
-    protected UblkQueue(in QueueGeometry geometry, BufferStrategy buffers)
+    protected UblkQueue(in QueueGeometry geometry, BufferStrategy buffers, bool ioctlEncoding)
     {
         _geometry = geometry;
         BufferStrategy = buffers;
         _tagBuffers = buffers as TagBuffers;
+        _ioctlEncoding = ioctlEncoding;
+        _manualReg = IoModes.IsZeroCopy(geometry.Mode) ? new bool[geometry.Depth] : [];
+    }
+
+    /// <summary>The io mode the device was created with.</summary>
+    public IoMode Mode => _geometry.Mode;
+
+    /// <summary>Fixed-file index of /dev/ublkcN: user-copy reads and writes and the queue's own commands go there.</summary>
+    public const int CharFileIndex = 0;
+
+    /// <summary>
+    /// User copy: the /dev/ublkcN file offset of tag <paramref name="tag"/>'s request data (UBLKSRV_IO_BUF_OFFSET plus
+    /// the queue and tag in their bit fields, linux/ublk_cmd.h); a read there copies a WRITE's data out of the
+    /// request, a write copies a READ's data into it.
+    /// </summary>
+    public ulong UserCopyOffset(ushort tag)
+        => (ulong)UBLKSRV_IO_BUF_OFFSET + ((ulong)QueueId << UBLK_QID_OFF) + ((ulong)tag << UBLK_TAG_OFF);
+
+    /// <summary>
+    /// Zero copy: the request of <paramref name="tag"/> needs its pages installed by this queue before the backend's
+    /// fixed-buffer I/O on them: always in zero-copy mode, and in auto-buf-reg mode when the kernel could not.
+    /// </summary>
+    public bool NeedsRegister(ushort tag, in ublksrv_io_desc iod)
+        => Mode == IoMode.ZeroCopy || (Mode == IoMode.AutoBufReg && (iod.op_flags & UBLK_IO_F_NEED_REG_BUF) != 0);
+
+    /// <summary>
+    /// Queues REGISTER_IO_BUF of tag <paramref name="tag"/>'s request pages into its slot, linked to the next SQE the
+    /// backend takes (the I/O on them runs only if it succeeded; otherwise that I/O completes -ECANCELED). The
+    /// queue removes them again (UNREGISTER_IO_BUF) just before the commit. Returns false if the ring is broken.
+    /// </summary>
+    public bool LinkRegister(ushort tag)
+    {
+        IoUring? ring = _ring;
+        if (ring == null) return false;
+        if (ring.SqSpace < 2) ring.Submit(); // the link and the I/O must land in one submission
+        ref io_uring_sqe sqe = ref NextSqe();
+        if (Unsafe.IsNullRef(ref sqe)) return false;
+        PrepBufCmd(ref sqe, UBLK_U_IO_REGISTER_IO_BUF, tag, QueueOp.RegisterBuf);
+        sqe.flags = IoUringConst.IOSQE_FIXED_FILE | IoUringConst.IOSQE_IO_LINK | IoUringConst.IOSQE_CQE_SKIP_SUCCESS;
+        _manualReg[tag] = true;
+        return true;
+    }
+
+    /// <summary>Queues UNREGISTER_IO_BUF of a slot <see cref="LinkRegister"/> filled; its CQE comes only on failure.</summary>
+    private protected void Unregister(ushort tag)
+    {
+        _manualReg[tag] = false;
+        ref io_uring_sqe sqe = ref NextSqe();
+        if (Unsafe.IsNullRef(ref sqe)) return;
+        PrepBufCmd(ref sqe, UBLK_U_IO_UNREGISTER_IO_BUF, tag, QueueOp.UnregisterBuf);
+        sqe.flags = IoUringConst.IOSQE_FIXED_FILE | IoUringConst.IOSQE_CQE_SKIP_SUCCESS;
+    }
+
+    private void PrepBufCmd(ref io_uring_sqe sqe, uint op, ushort tag, QueueOp kind)
+    {
+        IoUring.PrepUringCmd(ref sqe, CharFileIndex, op);
+        sqe.user_data = UserData.ForQueue(kind, tag);
+        ublksrv_io_cmd cmd;
+        cmd.q_id = QueueId;
+        cmd.tag = tag;
+        cmd.result = 0;
+        cmd.addr = RequestBufferTable.Index(tag);
+        MemoryMarshal.Write(_ring!.CmdPayload(ref sqe), in cmd);
+    }
+
+    /// <summary>Address of <see cref="MaxIoBytes"/> zero bytes owned by this queue (allocated on first use, on the queue thread).</summary>
+    public ulong ZeroBuffer()
+    {
+        if (_zeroes == null)
+        {
+            _zeroes = (byte*)NativeMemory.AlignedAlloc(MaxIoBytes, 4096);
+            NativeMemory.Clear(_zeroes, MaxIoBytes);
+        }
+        return (ulong)_zeroes;
+    }
+
+    private protected void FreeZeroBuffer()
+    {
+        if (_zeroes != null) { NativeMemory.AlignedFree(_zeroes); _zeroes = null; }
     }
 
     public ushort QueueId => _geometry.QueueId;
@@ -51,7 +138,7 @@ public abstract class UblkQueue
     /// <summary>How request data meets user memory on this queue.</summary>
     public BufferStrategy BufferStrategy { get; }
 
-    /// <summary>The per-tag buffers, in the copy data mode (the only one today); null in a mode without them.</summary>
+    /// <summary>The per-tag buffers (copy mode, and user copy's bounce buffers); null in a mode without them.</summary>
     public TagBuffers? Buffers => _tagBuffers;
 
     /// <summary>Fixed-file index of the n-th file the backend asked to register (index 0 is /dev/ublkcN).</summary>
@@ -113,7 +200,6 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
     private readonly int _charFd;
     private readonly int[] _cpus;
     private readonly int[] _extraFiles;
-    private readonly bool _useIoctl;
     private TBackend _backend;
     private Thread? _thread;
     private Exception? _failure;
@@ -121,6 +207,7 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
     private ublksrv_io_desc* _descs;
     private nuint _descsSize;
     private ulong[] _cmdAddr = [];   // per tag: ublksrv_io_cmd.addr, from the buffer strategy at set-up
+    private ulong[] _sqeAddr = [];   // per tag: sqe->addr of FETCH/COMMIT (AUTO_BUF_REG's buffer index and flags)
     private int _cmdsInFlight;       // FETCH/COMMIT commands the kernel holds
     private int _backendInFlight;    // requests the backend is working on
 
@@ -148,14 +235,13 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
 
     public UblkQueue(in QueueGeometry geometry, BufferStrategy buffers, int charFd, int[] cpus, int[] extraFiles,
         TBackend backend, bool ioctlEncoding, int fetchTags = -1)
-        : base(geometry, buffers)
+        : base(geometry, buffers, ioctlEncoding)
     {
         _fetchTags = fetchTags < 0 ? geometry.Depth : Math.Min(fetchTags, geometry.Depth);
         _charFd = charFd;
         _cpus = cpus;
         _extraFiles = extraFiles;
         _backend = backend;
-        _useIoctl = ioctlEncoding;
         TimeSpan idle = buffers.IdleRelease;
         _idleNs = idle > TimeSpan.Zero ? Math.Max(idle.Ticks * 100, 1_000_000) : 0;
     }
@@ -276,7 +362,12 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
 
         BufferStrategy.SetUp(Geometry, _ring);
         _cmdAddr = new ulong[Depth];
-        for (int t = 0; t < Depth; t++) _cmdAddr[t] = BufferStrategy.CommandAddress((ushort)t);
+        _sqeAddr = new ulong[Depth];
+        for (int t = 0; t < Depth; t++)
+        {
+            _cmdAddr[t] = BufferStrategy.CommandAddress((ushort)t);
+            _sqeAddr[t] = BufferStrategy.SqeAddress((ushort)t);
+        }
     }
 
     private void TearDown()
@@ -285,6 +376,7 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
         if (_idleTs != null) { NativeMemory.Free(_idleTs); _idleTs = null; }
         if (_descs != null) { Libc.Munmap((nint)_descs, _descsSize); _descs = null; }
         BufferStrategy.Dispose();
+        FreeZeroBuffer();
     }
 
     // ---- the loop ----
@@ -343,6 +435,14 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
             case QueueOp.IdleTick:
                 OnIdleTick(res);
                 return;
+            case QueueOp.RegisterBuf:
+                // Only failures post a CQE (CQE_SKIP_SUCCESS). The linked I/O completes -ECANCELED; nothing to remove.
+                _stats.RegFailures++;
+                _manualReg[tag] = false;
+                return;
+            case QueueOp.UnregisterBuf:
+                _stats.RegFailures++;
+                return;
             case QueueOp.Fetch:
             case QueueOp.Commit:
                 _cmdsInFlight--;
@@ -394,6 +494,7 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
         _ioSinceTick = true;
         _ioSinceRelease = true;
         ref readonly ublksrv_io_desc iod = ref _descs[tag];
+        if ((iod.op_flags & UBLK_IO_F_NEED_REG_BUF) != 0) _stats.RegFallbacks++;
         switch (iod.Op)
         {
             case UBLK_IO_OP_READ: _stats.Reads++; break;
@@ -418,6 +519,11 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
 
     private void Commit(ushort tag, int result)
     {
+        // Zero copy: the pages this queue installed leave the table first (same submission, in order), so the
+        // slot is free when the tag's next request arrives. A linked I/O cancelled by a failed registration says
+        // ECANCELED, which means nothing to the block layer: it is an I/O error.
+        if (_manualReg.Length != 0 && _manualReg[tag]) Unregister(tag);
+        if (result == -Errno.ECANCELED) result = -Errno.EIO;
         if (result < 0) _stats.Errors++;
         else
         {
@@ -433,11 +539,12 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
         ref io_uring_sqe sqe = ref NextSqe();
         if (Unsafe.IsNullRef(ref sqe)) { _stats.Errors++; return; }
         uint op = kind == QueueOp.Fetch
-            ? (_useIoctl ? UBLK_U_IO_FETCH_REQ : UBLK_IO_FETCH_REQ)
-            : (_useIoctl ? UBLK_U_IO_COMMIT_AND_FETCH_REQ : UBLK_IO_COMMIT_AND_FETCH_REQ);
+            ? (_ioctlEncoding ? UBLK_U_IO_FETCH_REQ : UBLK_IO_FETCH_REQ)
+            : (_ioctlEncoding ? UBLK_U_IO_COMMIT_AND_FETCH_REQ : UBLK_IO_COMMIT_AND_FETCH_REQ);
         IoUring.PrepUringCmd(ref sqe, 0, op);           // fd 0 = /dev/ublkcN in the fixed-file table
         sqe.flags = IoUringConst.IOSQE_FIXED_FILE;
         sqe.user_data = UserData.ForQueue(kind, tag);
+        sqe.addr = _sqeAddr[tag];
         ublksrv_io_cmd cmd;
         cmd.q_id = QueueId;
         cmd.tag = tag;

@@ -11,6 +11,10 @@ public enum QueueOp : byte
     Commit = 1,
     /// <summary>The queue's idle timer (one IORING_OP_TIMEOUT, re-armed from its own CQE); tag unused.</summary>
     IdleTick = 2,
+    /// <summary>UBLK_U_IO_REGISTER_IO_BUF of the tag's request pages (zero copy); a CQE only on failure.</summary>
+    RegisterBuf = 3,
+    /// <summary>UBLK_U_IO_UNREGISTER_IO_BUF of the tag's slot, before its commit; a CQE only on failure.</summary>
+    UnregisterBuf = 4,
 }
 
 /// <summary>

@@ -13,13 +13,17 @@ namespace Ublk.Aot.Backends;
 /// flight. READ/WRITE go to the O_DIRECT fd when there is one; a request the direct path refuses (EINVAL:
 /// misaligned for this file system) is retried on the buffered fd. FUA → RWF_DSYNC, FLUSH → fdatasync,
 /// DISCARD → punch hole, WRITE_ZEROES → zero range (punch hole, then plain zero writes, where refused).
+/// Data meets the file by io mode: copy — file I/O on the tag buffer the kernel copied into or will copy out of;
+/// user copy — the same tag buffer as a bounce buffer, filled or drained by a read or write on /dev/ublkcN first
+/// (WRITE) or after (READ); zero copy and auto-buf-reg — READ_FIXED/WRITE_FIXED straight on the request's own pages,
+/// installed in the tag's fixed-buffer slot (by a linked REGISTER_IO_BUF, or by the kernel).
 /// </summary>
 public struct FileBackend(BackingFile file) : IBackend
 {
     // Fixed-file slots: the queue registers [/dev/ublkcN, direct fd, buffered fd].
     private static readonly int DirectSlot = UblkQueue.FileIndex(0);
     private static readonly int BufferedSlot = UblkQueue.FileIndex(1);
-    private const byte SubRw = 0, SubFsync = 1, SubFalloc = 2, SubZeroWrite = 3;
+    private const byte SubRw = 0, SubFsync = 1, SubFalloc = 2, SubZeroWrite = 3, SubCopy = 4;
 
     private readonly BackingFile _file = file;
     private IoState[] _io = [];
@@ -29,6 +33,7 @@ public struct FileBackend(BackingFile file) : IBackend
         public ulong Offset;
         public uint Length;
         public uint Done;
+        public uint Copied; // user copy: bytes moved between the bounce buffer and the request
         public byte Op;
         public bool Fua;
         public bool Buffered;
@@ -54,7 +59,18 @@ public struct FileBackend(BackingFile file) : IBackend
         {
             case UBLK_IO_OP_READ:
             case UBLK_IO_OP_WRITE:
-                return IssueRw(queue, tag, ref s);
+                switch (queue.Mode)
+                {
+                    case IoMode.UserCopy:
+                        s.Copied = 0;
+                        return s.Op == UBLK_IO_OP_WRITE ? IssueCopy(queue, tag, ref s) : IssueRw(queue, tag, ref s);
+                    case IoMode.ZeroCopy:
+                    case IoMode.AutoBufReg:
+                        if (queue.NeedsRegister(tag, in iod) && !queue.LinkRegister(tag)) return -Errno.EIO;
+                        return IssueRw(queue, tag, ref s);
+                    default:
+                        return IssueRw(queue, tag, ref s);
+                }
             case UBLK_IO_OP_FLUSH:
             {
                 ref io_uring_sqe sqe = ref queue.GetTargetSqe(tag, SubFsync);
@@ -78,16 +94,39 @@ public struct FileBackend(BackingFile file) : IBackend
 
     private static int IssueRw(UblkQueue queue, ushort tag, ref IoState s)
     {
-        TagBuffers buffers = queue.Buffers!;
         ref io_uring_sqe sqe = ref queue.GetTargetSqe(tag, SubRw);
-        ulong addr = buffers.Address(tag) + s.Done;
         int slot = s.Buffered ? BufferedSlot : DirectSlot;
-        byte op = s.Op == UBLK_IO_OP_READ
-            ? (buffers.Registered ? IORING_OP_READ_FIXED : IORING_OP_READ)
-            : (buffers.Registered ? IORING_OP_WRITE_FIXED : IORING_OP_WRITE);
-        IoUring.PrepRw(ref sqe, op, slot, addr, s.Length - s.Done, s.Offset + s.Done);
-        if (buffers.Registered) sqe.buf_index = buffers.RegisteredIndex(tag);
-        if (s.Fua && s.Op != UBLK_IO_OP_READ) sqe.rw_flags = RWF_DSYNC;
+        bool read = s.Op == UBLK_IO_OP_READ;
+        if (IoModes.IsZeroCopy(queue.Mode))
+        {
+            // The request's pages are fixed buffer RequestBufferTable.Index(tag); addr is the offset into them (a
+            // kernel-registered buffer starts at address 0).
+            IoUring.PrepRw(ref sqe, read ? IORING_OP_READ_FIXED : IORING_OP_WRITE_FIXED, slot, s.Done, s.Length - s.Done, s.Offset + s.Done);
+            sqe.buf_index = RequestBufferTable.Index(tag);
+        }
+        else
+        {
+            TagBuffers buffers = queue.Buffers!;
+            ulong addr = buffers.Address(tag) + s.Done;
+            byte op = read
+                ? (buffers.Registered ? IORING_OP_READ_FIXED : IORING_OP_READ)
+                : (buffers.Registered ? IORING_OP_WRITE_FIXED : IORING_OP_WRITE);
+            IoUring.PrepRw(ref sqe, op, slot, addr, s.Length - s.Done, s.Offset + s.Done);
+            if (buffers.Registered) sqe.buf_index = buffers.RegisteredIndex(tag);
+        }
+        if (s.Fua && !read) sqe.rw_flags = RWF_DSYNC;
+        sqe.flags = IOSQE_FIXED_FILE;
+        return Backend.Pending;
+    }
+
+    /// <summary>User copy: a WRITE's data from the request into the bounce buffer, or a READ's from it into the request.</summary>
+    private static int IssueCopy(UblkQueue queue, ushort tag, ref IoState s)
+    {
+        ref io_uring_sqe sqe = ref queue.GetTargetSqe(tag, SubCopy);
+        ulong addr = queue.Buffers!.Address(tag) + s.Copied;
+        ulong at = queue.UserCopyOffset(tag) + s.Copied;
+        if (s.Op == UBLK_IO_OP_READ) IoUring.PrepWrite(ref sqe, UblkQueue.CharFileIndex, addr, s.Length - s.Copied, at);
+        else IoUring.PrepRead(ref sqe, UblkQueue.CharFileIndex, addr, s.Length - s.Copied, at);
         sqe.flags = IOSQE_FIXED_FILE;
         return Backend.Pending;
     }
@@ -102,11 +141,9 @@ public struct FileBackend(BackingFile file) : IBackend
 
     private static int IssueZeroWrite(UblkQueue queue, ushort tag, ref IoState s)
     {
-        TagBuffers buffers = queue.Buffers!;
         uint chunk = Math.Min(queue.MaxIoBytes, s.Length - s.Done);
-        buffers.Span(tag, (int)chunk).Clear();
         ref io_uring_sqe sqe = ref queue.GetTargetSqe(tag, SubZeroWrite);
-        IoUring.PrepWrite(ref sqe, s.Buffered ? BufferedSlot : DirectSlot, buffers.Address(tag), chunk, s.Offset + s.Done);
+        IoUring.PrepWrite(ref sqe, s.Buffered ? BufferedSlot : DirectSlot, queue.ZeroBuffer(), chunk, s.Offset + s.Done);
         sqe.flags = IOSQE_FIXED_FILE;
         return Backend.Pending;
     }
@@ -128,12 +165,26 @@ public struct FileBackend(BackingFile file) : IBackend
                 if (res == 0)
                 {
                     if (s.Op != UBLK_IO_OP_READ) return -Errno.EIO; // a write that makes no progress
-                    queue.Buffers!.Span(tag, (int)s.Length).Slice((int)s.Done).Clear(); // past EOF reads as zeros
-                    return (int)s.Length;
+                    // Past EOF (the file shrank under us) reads as zeros; the request's own pages cannot be cleared
+                    // from here in the zero-copy modes, so there it is an error.
+                    if (IoModes.IsZeroCopy(queue.Mode)) return -Errno.EIO;
+                    queue.Buffers!.Span(tag, (int)s.Length).Slice((int)s.Done).Clear();
+                    s.Done = s.Length;
                 }
-                s.Done += (uint)res;
+                else s.Done += (uint)res;
                 if (s.Done < s.Length) return subOp == SubRw ? IssueRw(queue, tag, ref s) : IssueZeroWrite(queue, tag, ref s);
-                return subOp == SubRw ? (int)s.Length : 0;
+                if (subOp == SubZeroWrite) return 0;
+                if (queue.Mode == IoMode.UserCopy && s.Op == UBLK_IO_OP_READ) return IssueCopy(queue, tag, ref s);
+                return (int)s.Length;
+            case SubCopy:
+                if (res == -Errno.EAGAIN || res == -Errno.EINTR) return IssueCopy(queue, tag, ref s);
+                if (res < 0) return res;
+                if (res == 0) return -Errno.EIO; // the request has fewer bytes than it said
+                s.Copied += (uint)res;
+                if (s.Copied < s.Length) return IssueCopy(queue, tag, ref s);
+                if (s.Op == UBLK_IO_OP_READ) return (int)s.Length;
+                s.Done = 0;
+                return IssueRw(queue, tag, ref s); // the WRITE's data is in the bounce buffer: now to the file
             case SubFsync:
                 return res < 0 ? res : 0;
             case SubFalloc:

@@ -23,6 +23,10 @@ public sealed class FileSpec(BackingFile file) : LeafSpec<FileBackend>
             VolatileCache = true,
             DiscardGranularity = 4096,
             MinBlockSize = File.IsBlockDevice && File.Direct ? File.LogicalBlockSize : 512,
+            // Zero copy first: file I/O straight on the request's pages. User copy last: file I/O needs user memory,
+            // so it bounces through the tag buffer with one more SQE per request than copy.
+            IoModes = [IoMode.AutoBufReg, IoMode.ZeroCopy, IoMode.Copy, IoMode.UserCopy],
+            UserCopyBounce = true,
         };
 
     public override void Dispose() => File.Dispose();

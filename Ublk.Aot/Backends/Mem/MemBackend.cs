@@ -1,15 +1,32 @@
 using Ublk.Aot.Abi;
 using Ublk.Aot.Interop;
+using Ublk.Aot.Ring;
 using Ublk.Aot.Ublk;
 
 namespace Ublk.Aot.Backends;
 
-/// <summary>mem:SIZE — reads and writes are copies between the tag's buffer and the store.</summary>
+/// <summary>
+/// mem:SIZE — copy mode: reads and writes are copies between the tag's buffer and the store (the kernel made or
+/// makes the other copy). User copy: one copy, straight between the store's pages and the request, by a write
+/// (READ) or read (WRITE) on /dev/ublkcN at the tag's offset, through the queue's io_uring.
+/// </summary>
 public struct MemBackend(MemStore store) : IBackend
 {
     private readonly MemStore _store = store;
+    private Copy[] _copies = [];
 
-    public void Attach(UblkQueue queue) { }
+    private struct Copy
+    {
+        public ulong Offset;
+        public uint Length;
+        public uint Done;
+        public bool Read;
+    }
+
+    public void Attach(UblkQueue queue)
+    {
+        if (queue.Mode == IoMode.UserCopy) _copies = new Copy[queue.Depth];
+    }
 
     public int Submit(UblkQueue queue, ushort tag, in ublksrv_io_desc iod)
     {
@@ -18,12 +35,20 @@ public struct MemBackend(MemStore store) : IBackend
         switch (iod.Op)
         {
             case UblkConst.UBLK_IO_OP_READ:
-                if (!_store.InRange(off, (ulong)len)) return -Errno.EINVAL;
-                _store.Slice(off, len).CopyTo(queue.Buffers!.Span(tag, len));
-                return len;
             case UblkConst.UBLK_IO_OP_WRITE:
                 if (!_store.InRange(off, (ulong)len)) return -Errno.EINVAL;
-                queue.Buffers!.Span(tag, len).CopyTo(_store.Slice(off, len));
+                bool read = iod.Op == UblkConst.UBLK_IO_OP_READ;
+                if (queue.Mode == IoMode.UserCopy)
+                {
+                    ref Copy c = ref _copies[tag];
+                    c.Offset = off;
+                    c.Length = (uint)len;
+                    c.Done = 0;
+                    c.Read = read;
+                    return IssueCopy(queue, tag, ref c);
+                }
+                if (read) _store.Slice(off, len).CopyTo(queue.Buffers!.Span(tag, len));
+                else queue.Buffers!.Span(tag, len).CopyTo(_store.Slice(off, len));
                 return len;
             case UblkConst.UBLK_IO_OP_FLUSH:
                 return 0;
@@ -35,7 +60,26 @@ public struct MemBackend(MemStore store) : IBackend
         }
     }
 
-    public int Complete(UblkQueue queue, ushort tag, byte subOp, int res) => res;
+    private readonly int IssueCopy(UblkQueue queue, ushort tag, ref Copy c)
+    {
+        ref io_uring_sqe sqe = ref queue.GetTargetSqe(tag, 0);
+        ulong addr = _store.Address(c.Offset + c.Done);
+        ulong at = queue.UserCopyOffset(tag) + c.Done;
+        if (c.Read) IoUring.PrepWrite(ref sqe, UblkQueue.CharFileIndex, addr, c.Length - c.Done, at);
+        else IoUring.PrepRead(ref sqe, UblkQueue.CharFileIndex, addr, c.Length - c.Done, at);
+        sqe.flags = IoUringConst.IOSQE_FIXED_FILE;
+        return Backend.Pending;
+    }
+
+    public int Complete(UblkQueue queue, ushort tag, byte subOp, int res)
+    {
+        ref Copy c = ref _copies[tag];
+        if (res == -Errno.EAGAIN || res == -Errno.EINTR) return IssueCopy(queue, tag, ref c);
+        if (res < 0) return res;
+        if (res == 0) return -Errno.EIO; // the request has fewer bytes than it said
+        c.Done += (uint)res;
+        return c.Done < c.Length ? IssueCopy(queue, tag, ref c) : (int)c.Length;
+    }
 
     public void Detach(UblkQueue queue) { }
 }
@@ -51,7 +95,12 @@ public sealed class MemSpec(ulong size) : LeafSpec<MemBackend>
     public MemStore Store => _store ??= new MemStore(Size);
     public override string Describe() => "mem:" + Size;
 
-    public override BackendCaps Caps => new() { Size = Size, Discard = true, WriteZeroes = true, DiscardGranularity = 4096, DataDiesWithServer = true };
+    public override BackendCaps Caps => new()
+    {
+        Size = Size, Discard = true, WriteZeroes = true, DiscardGranularity = 4096, DataDiesWithServer = true,
+        // User copy first: one copy instead of two. No zero copy: the data must pass through the store's pages.
+        IoModes = [IoMode.UserCopy, IoMode.Copy],
+    };
     protected override MemBackend Make() => new(Store);
 
     public override void Dispose() => _store?.Dispose();

@@ -26,6 +26,9 @@ public sealed unsafe class MemStore : IDisposable
 
     public Span<byte> Slice(ulong offset, int length) => new(_base + offset, length);
 
+    /// <summary>The address of byte <paramref name="offset"/>, for an SQE that copies into or out of the store.</summary>
+    public ulong Address(ulong offset) => (ulong)(_base + offset);
+
     public bool InRange(ulong offset, ulong length) => offset <= Size && length <= Size - offset;
 
     /// <summary>Zeroes [offset, offset+length): whole pages are released, edges are cleared.</summary>

@@ -24,6 +24,11 @@ public sealed class NullSpec(ulong size) : LeafSpec<NullBackend>
 
     public ulong Size { get; } = size;
     public override string Describe() => "null:" + Size;
-    public override BackendCaps Caps => new() { Size = Size, Discard = true, WriteZeroes = true };
+    // No data moves in any mode; user copy leaves even the kernel's copy out, so auto takes it where there is one.
+    public override BackendCaps Caps => new()
+    {
+        Size = Size, Discard = true, WriteZeroes = true,
+        IoModes = [IoMode.UserCopy, IoMode.Copy, IoMode.ZeroCopy, IoMode.AutoBufReg],
+    };
     protected override NullBackend Make() => new();
 }

@@ -10,8 +10,10 @@ namespace Ublk.Aot.Ublk;
 /// (untouched pages cost nothing). The kernel copies a WRITE's data into the tag's buffer before the request reaches
 /// the server, and a READ's data out of it at COMMIT. Optionally 2 MiB aligned for transparent huge pages, and
 /// optionally registered with the queue's io_uring (READ_FIXED/WRITE_FIXED on them, buffer index = tag).
+/// In user-copy mode the same buffers are the backend's bounce buffers: the kernel does not know them
+/// (<paramref name="carriesAddress"/> false: FETCH/COMMIT carry addr 0, as USER_COPY requires).
 /// </summary>
-public sealed unsafe class TagBuffers(BufferOptions options) : BufferStrategy
+public sealed unsafe class TagBuffers(BufferOptions options, bool carriesAddress = true) : BufferStrategy
 {
     private const nuint HugePage = 2 * 1024 * 1024;
 
@@ -66,7 +68,7 @@ public sealed unsafe class TagBuffers(BufferOptions options) : BufferStrategy
     /// <summary>The fixed-buffer index of the tag's buffer (when <see cref="Registered"/>).</summary>
     public ushort RegisteredIndex(ushort tag) => tag;
 
-    public override ulong CommandAddress(ushort tag) => Address(tag);
+    public override ulong CommandAddress(ushort tag) => carriesAddress ? Address(tag) : 0;
 
     /// <summary>
     /// Never with registered buffers: MADV_DONTNEED would swap fresh pages in under the mapping while the ring keeps
