@@ -82,14 +82,14 @@ public sealed class RecoveryTests(ITestOutputHelper output)
     /// fio must end with exit 0, err= 0 and its verify passed; then the last server stops and the state file goes.
     /// </summary>
     internal static void FioVerifyAcrossServerChanges(ITestOutputHelper output, string name, int count, int pauseMs,
-        Func<ServerProcess, int, ServerProcess> change)
+        Func<ServerProcess, int, ServerProcess> change, string serveArgs = "")
     {
         Require();
         AssertNoDevices();
         string dir = TempDir(name);
         string img = Path.Combine(dir, "r.img");
         File.Delete(img);
-        ServerProcess s = ServerProcess.Start("--backend file:" + img + ",size=256M --recovery reissue --queues 2 --depth 32");
+        ServerProcess s = ServerProcess.Start("--backend file:" + img + ",size=256M --recovery reissue --queues 2 --depth 32 " + serveArgs);
         int id = s.Id;
         string dev = s.DevicePath;
         Process? fio = null;

@@ -22,10 +22,15 @@ public sealed class StressFaultTests(ITestOutputHelper output)
     private const long MiB = 1 << 20;
 
     [Theory]
-    [InlineData("write", "mem:64M")]
-    [InlineData("read+write+flush", "file")]
-    public void Injected_failures_are_exactly_the_failed_calls(string ops, string inner)
+    [InlineData("write", "mem:64M", "copy")]
+    [InlineData("read+write+flush", "file", "copy")]
+    [InlineData("write", "mem:64M", "user-copy")]
+    [InlineData("read+write+flush", "file", "user-copy")]
+    [InlineData("read+write+flush", "file", "zero-copy")]
+    [InlineData("read+write+flush", "file", "auto-buf-reg")]
+    public void Injected_failures_are_exactly_the_failed_calls(string ops, string inner, string mode)
     {
+        if (!IoModeTests.ServableOrRefused(mode, "null:1G")) return; // refusal asserted on this kernel
         int seed = StressKnobs.Seed();
         int rounds = StressKnobs.Count("UBLK_FAULT_OPS", 2000);
         string dir = TempDir("fault");
@@ -38,7 +43,7 @@ public sealed class StressFaultTests(ITestOutputHelper output)
         int writeOk = 0, writeFailed = 0, readOk = 0, readFailed = 0, syncOk = 0, syncFailed = 0;
         bool faultsReads = ops.Contains("read"), faultsFlush = ops.Contains("flush");
 
-        using (ServerProcess s = ServerProcess.Start("--backend fault:rate=0.1,ops=" + ops + ",seed=" + seed + ":" + inner + " --stats"))
+        using (ServerProcess s = ServerProcess.Start("--backend fault:rate=0.1,ops=" + ops + ",seed=" + seed + ":" + inner + " --io-mode " + mode + " --stats"))
         {
             string dev = s.DevicePath;
             int fd = StressIo.OpenDirect(dev);

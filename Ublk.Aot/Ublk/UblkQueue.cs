@@ -42,7 +42,7 @@ public abstract unsafe class UblkQueue
     private protected readonly bool[] _manualReg;
     private byte* _zeroes; // MaxIoBytes of zeros, made on first use (write-zeroes where the file system cannot)
 
-    protected UblkQueue(in QueueGeometry geometry, BufferStrategy buffers, bool ioctlEncoding)
+    protected UblkQueue(in QueueGeometry geometry, BufferStrategy buffers, bool ioctlEncoding = false)
     {
         _geometry = geometry;
         BufferStrategy = buffers;
