@@ -14,6 +14,9 @@ ROOT=$PWD
 RES=$ROOT/TestResults
 rm -rf "$RES"; mkdir -p "$RES"
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+# vstest gives its test host 90 s to connect; a guest under TCG on a loaded 2-core host can take longer
+# (seen once: "Failed to negotiate protocol", the whole VM run aborted). Passed into the VM below.
+export VSTEST_CONNECTION_TIMEOUT=${VSTEST_CONNECTION_TIMEOUT:-600}
 
 log() { printf '[test] %s\n' "$*" >&2; }
 extra_failed=0
@@ -57,7 +60,7 @@ if [[ ${UBLK_HOST_ONLY:-0} != 1 ]]; then
     filter="Category=Integration"
     [[ -n ${UBLK_TEST_FILTER:-} ]] && filter="$filter&${UBLK_TEST_FILTER}"
     log "VM integration suite on $kver (one boot; filter $filter)"
-    VM_KERNEL=$k VM_CPUS=${VM_CPUS:-4} scripts/vm-run.sh -w "$ROOT" -- dotnet test Ublk.Aot.Tests -c Release --no-build \
+    VM_PASSENV="${VM_PASSENV:-} VSTEST_CONNECTION_TIMEOUT" VM_KERNEL=$k VM_CPUS=${VM_CPUS:-4} scripts/vm-run.sh -w "$ROOT" -- dotnet test Ublk.Aot.Tests -c Release --no-build \
       --filter "$filter" --logger "trx;LogFileName=vm-$k.trx" --logger "console;verbosity=normal" --results-directory "$RES" 2>&1 | grep --line-buffered -vE '^\s*$'
     vm_rc=${PIPESTATUS[0]}
     if [[ ! -s $RES/vm-$k.trx ]]; then

@@ -210,7 +210,7 @@ public sealed class ServeTests
     public void Idle_queue_gives_its_buffer_pages_back()
     {
         // 24 tags x 256 KiB = 6 MiB of tag buffers; fio at depth 24 with 256 KiB writes touches all of them.
-        using ServerProcess s = ServerProcess.Start("--backend mem:64M --queues 1 --depth 24 --max-io 256K --idle-release 1 --stats");
+        using ServerProcess s = ServerProcess.Start("--backend mem:64M --queues 1 --depth 24 --max-io 256K --idle-release 1 --io-mode copy --stats");
         string common = " --name=idle --filename=" + s.DevicePath + " --ioengine=io_uring --direct=1 --rw=write --bs=256k --iodepth=24 --size=48M" +
             " --verify=crc32c --verify_fatal=1 --output-format=terse --terse-version=3";
         Result w = Run("fio", common + " --do_verify=0", 600_000);
@@ -264,7 +264,7 @@ public sealed class ServeTests
         string thp = File.ReadAllText("/sys/kernel/mm/transparent_hugepage/enabled").Trim();
         Assert.False(thp.Contains("[never]"), "transparent huge pages are off in this kernel (" + thp + "): cannot check --huge-buffers");
         // 8 tags x 1 MiB = 8 MiB of buffers on a 2 MiB boundary; 1 MiB writes at depth 8 touch all of them.
-        using ServerProcess s = ServerProcess.Start("--backend null:64M --queues 1 --depth 8 --max-io 1M --huge-buffers --stats");
+        using ServerProcess s = ServerProcess.Start("--backend null:64M --queues 1 --depth 8 --max-io 1M --huge-buffers --io-mode copy --stats");
         Result w = Run("fio", "--name=huge --filename=" + s.DevicePath + " --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=8 --size=48M" +
             " --output-format=terse --terse-version=3", 600_000);
         Assert.True(w.Code == 0, "fio write failed: " + w);
