@@ -54,7 +54,7 @@ klink=$VM_DIR/kernel-$KERNEL
 # entries are virtme-ng's own dependencies (apt also resolves them from the
 # .deb in step 2).
 HOST_PKGS=(
-  qemu-system-x86 udev busybox-static kmod util-linux util-linux-extra
+  qemu-system-x86 udev busybox-static kmod util-linux util-linux-extra fdisk
   fio e2fsprogs xz-utils strace gcc make file iproute2 kbd
   python3 python3-argcomplete python3-requests python3-pkg-resources
   debian-archive-keyring

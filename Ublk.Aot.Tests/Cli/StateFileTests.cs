@@ -25,7 +25,7 @@ public sealed class StateFileTests : IDisposable
         var o = new DeviceOptions
         {
             Queues = 3, Depth = 64, BlockSize = 4096, MaxIoBytes = 256 * 1024, ReadOnly = true, Recovery = RecoveryMode.Reissue,
-            IdleRelease = TimeSpan.FromSeconds(7), FixedBuffers = true, HugeBuffers = true, Cpus = [1, 0],
+            IdleRelease = TimeSpan.FromSeconds(7), FixedBuffers = true, HugeBuffers = true, Cpus = [1, 0], NoPartitionScan = true,
         };
         StateFile.Write(12, "file:/data/x.img,size=1G", o);
         StateFile.Write(12, "file:/data/x.img,size=1G", o); // over an existing file
@@ -37,9 +37,22 @@ public sealed class StateFileTests : IDisposable
         Assert.Equal((12, 3, 64, 4096u, 256u * 1024, true, RecoveryMode.Reissue), (r.Id, r.Queues, r.Depth, r.BlockSize, r.MaxIoBytes, r.ReadOnly, r.Recovery));
         Assert.Equal((TimeSpan.FromSeconds(7), true, true), (r.IdleRelease, r.FixedBuffers, r.HugeBuffers));
         Assert.Equal([1, 0], r.Cpus!);
+        Assert.True(r.NoPartitionScan);
         StateFile.Delete(12);
         Assert.Null(StateFile.Read(12));
         StateFile.Delete(12); // twice is fine
+    }
+
+    [Fact]
+    public void A_file_without_no_partition_scan_reads_as_false()
+    {
+        StateFile.Write(5, "null:1G", new DeviceOptions { Recovery = RecoveryMode.Reissue, Cpus = [0] }); // cpus after it: the line ends with a comma
+        string path = Path.Combine(_dir, "5.json");
+        string text = File.ReadAllText(path);
+        Assert.Contains("\"no_partition_scan\": false", text);
+        File.WriteAllText(path, text.Replace("\"no_partition_scan\": false,", ""));
+        Assert.DoesNotContain("no_partition_scan", File.ReadAllText(path));
+        Assert.False(StateFile.Read(5)!.Device.NoPartitionScan);
     }
 
     [Fact]

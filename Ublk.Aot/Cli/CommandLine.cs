@@ -22,7 +22,8 @@ public static class CommandLine
 
           serve --backend SPEC [--queues N] [--depth N] [--block-size 512|4096] [--max-io BYTES]
                 [--read-only] [--id N] [--cpus LIST] [--idle-release SECONDS] [--fixed-buffers] [--huge-buffers]
-                [--recovery reissue|fail-io|off] [--io-mode auto|copy|user-copy|zero-copy|auto-buf-reg] [--stats]
+                [--recovery reissue|fail-io|off] [--no-partition-scan]
+                [--io-mode auto|copy|user-copy|zero-copy|auto-buf-reg] [--stats]
                     create /dev/ublkbN served by this process until SIGINT/SIGTERM;
                     --io-mode: how request data moves (auto: the fastest this kernel and backend allow; see README);
                     --recovery: the device outlives this server's death and waits for `recover`
@@ -30,7 +31,8 @@ public static class CommandLine
                     with --id N, a device N whose server died is recovered instead of created;
                     a queue idle for --idle-release seconds (20; 0 = never) frees its buffers' pages;
                     --fixed-buffers registers them with io_uring for file I/O (pins depth x max-io per queue);
-                    --huge-buffers puts them on transparent huge pages
+                    --huge-buffers puts them on transparent huge pages;
+                    --no-partition-scan: the kernel does not scan the new disk for partitions (7.0+)
           recover ID [--backend SPEC [serve options]] [--stats]
                     serve device ID again after its server died (SPEC and options from its state file
                     in /run/ublk-aot unless given)
@@ -39,9 +41,12 @@ public static class CommandLine
                     request: QUIESCE_DEV where the kernel has it, else the server commits and leaves (SIGUSR1)
                     and the kernel re-issues the rest; the old server exits 0 and this process becomes the
                     new server (exec PATH recover ID)
+          resize ID SIZE    change device ID's size while it serves (UPDATE_SIZE, 7.x): a file backend's file grows
+                    with it; a shrink is refused while the file holds data beyond SIZE; mem: cannot be resized
           list [--json]     the kernel's ublk devices, their state and whether their server is alive
-          del ID | --all | --dead
-                    stop and remove ublk devices (--dead: those whose server is gone)
+          del ID | --all | --dead | --safe ID
+                    stop and remove ublk devices (--dead: those whose server is gone; --safe: refuse, exit 1,
+                    while /dev/ublkbID is open or mounted, naming who holds it; TRY_STOP_DEV, 7.x)
           features [--json] the ublk features of the running kernel
           --version         print the version
 
@@ -73,7 +78,8 @@ public static class CommandLine
                 "upgrade" => Upgrade.Run(rest),
                 "list" => ListDevices(rest),
                 "del" => Delete(rest),
-                _ => throw new UsageException("unknown command '" + cmd + "' (serve, recover, upgrade, list, del, features, --version)"),
+                "resize" => Resize(rest),
+                _ => throw new UsageException("unknown command '" + cmd + "' (serve, recover, upgrade, resize, list, del, features, --version)"),
             };
         }
         catch (UblkAotException e)
@@ -229,6 +235,7 @@ public static class CommandLine
 
     private static int Delete(string[] args)
     {
+        if (Array.IndexOf(args, "--safe") >= 0) return SafeDelete(args);
         if (args.Length != 1) throw new UsageException("del: expected one device id, --all or --dead");
         // Every malformed argument is refused before the control device is opened.
         uint one = 0;
@@ -256,18 +263,152 @@ public static class CommandLine
             // STOP_DEV removes the disk (a live server sees its device die and exits, releasing /dev/ublkcN);
             // DEL_DEV_ASYNC then frees the id once the last user is gone, without blocking on that user.
             ctrl.StopDev(id);
-            int rc = ctrl.DelDev(id, async: true);
-            if (rc < 0 && rc != -Errno.ENODEV && rc != -Errno.ENOENT)
-            {
-                Console.Error.WriteLine("ublk-aot: del " + id + ": " + Errno.Name(rc));
-                failed++;
-                continue;
-            }
-            StateFile.Delete(id);
-            if (!WaitGone(id, 10_000))
-                Console.Error.WriteLine("ublk-aot: del " + id + ": deletion pending (a process still holds /dev/ublkc" + id + " or /dev/ublkb" + id + ")");
+            if (!DeleteStopped(ctrl, id)) failed++;
         }
         return failed == 0 ? 0 : 1;
+    }
+
+    /// <summary>DEL_DEV_ASYNC of a stopped device, its state file, and the wait for its id to go; false if the kernel refused.</summary>
+    private static bool DeleteStopped(UblkControl ctrl, uint id)
+    {
+        int rc = ctrl.DelDev(id, async: true);
+        if (rc < 0 && rc != -Errno.ENODEV && rc != -Errno.ENOENT)
+        {
+            Console.Error.WriteLine("ublk-aot: del " + id + ": " + Errno.Name(rc));
+            return false;
+        }
+        StateFile.Delete(id);
+        if (!WaitGone(id, 10_000))
+            Console.Error.WriteLine("ublk-aot: del " + id + ": deletion pending (a process still holds /dev/ublkc" + id + " or /dev/ublkb" + id + ")");
+        return true;
+    }
+
+    /// <summary>How long `del --safe` retries on EBUSY before it reports the holders: udev probes a disk after every close of a writable fd.</summary>
+    private const int TransientOpenerMs = 3000;
+
+    /// <summary>
+    /// del --safe ID: TRY_STOP_DEV, which stops the device only if nothing has /dev/ublkbN open (a process, a mount);
+    /// then as `del`. In use: one line naming the holders, exit 1, the device untouched and still served.
+    /// </summary>
+    private static int SafeDelete(string[] args)
+    {
+        string[] rest = Array.FindAll(args, a => a != "--safe");
+        if (args.Length != 2 || rest.Length != 1) throw new UsageException("del --safe: expected one device id");
+        if (!uint.TryParse(rest[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id))
+            throw new UsageException("del --safe: '" + rest[0] + "' is not a device id");
+        using var ctrl = OpenControl();
+        if (ctrl.TryGetDevInfo(id, out ublksrv_ctrl_dev_info info) < 0) throw new UsageException("del: no ublk device " + id);
+        if ((info.flags & UblkConst.UBLK_F_SAFE_STOP_DEV) == 0)
+            throw new UsageException("del --safe: " + LacksFeature(ctrl, id, UblkConst.UBLK_F_SAFE_STOP_DEV, "cannot be stopped safely"));
+        long until = Environment.TickCount64 + TransientOpenerMs;
+        while (true)
+        {
+            int rc = ctrl.TryStopDev(id);
+            // ENODEV: the device has no disk (its server died): nothing can hold it open.
+            if (rc == 0 || rc == -Errno.ENODEV) break;
+            if (rc != -Errno.EBUSY) throw new UblkException("TRY_STOP_DEV on ublk device " + id + " failed: " + Errno.Name(rc), rc);
+            if (Environment.TickCount64 < until) { Thread.Sleep(100); continue; }
+            List<string> holders = Holders(id);
+            throw new UblkException("ublk device " + id + " is in use: /dev/ublkb" + id + " is " +
+                    (holders.Count > 0 ? string.Join(", ", holders) : "open (no holder found in /proc)") + "; nothing was changed", Errno.EBUSY);
+        }
+        return DeleteStopped(ctrl, id) ? 0 : 1;
+    }
+
+    /// <summary>
+    /// Who holds /dev/ublkbID (or one of its partitions) open: mounts (/proc/self/mountinfo), stacked devices
+    /// (/sys/block/ublkbID/holders) and processes (/proc/PID/fd links). Best effort; "mounted on /mnt/x", "held by 123 (sleep)".
+    /// </summary>
+    internal static List<string> Holders(uint id)
+    {
+        string name = "ublkb" + id.ToString(CultureInfo.InvariantCulture);
+        string dev = "/dev/" + name;
+        bool Ours(string path) => path == dev || (path.StartsWith(dev + "p", StringComparison.Ordinal) && path.Length > dev.Length + 1 && char.IsDigit(path[dev.Length + 1]));
+        string Via(string path) => path == dev ? "" : " (through " + path + ")";
+        var found = new List<string>();
+        try
+        {
+            foreach (string line in File.ReadAllLines("/proc/self/mountinfo"))
+            {
+                // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS
+                string[] f = line.Split(' ');
+                int dash = Array.IndexOf(f, "-");
+                if (f.Length < 5 || dash < 0 || dash + 2 >= f.Length || !Ours(f[dash + 2])) continue;
+                found.Add("mounted on " + f[4].Replace("\040", " ") + Via(f[dash + 2]));
+            }
+        }
+        catch (IOException) { }
+        try
+        {
+            foreach (string h in Directory.GetFileSystemEntries("/sys/block/" + name + "/holders"))
+                found.Add("held by " + Path.GetFileName(h));
+        }
+        catch (IOException) { }
+        int self = Environment.ProcessId;
+        string[] procs;
+        try { procs = Directory.GetDirectories("/proc"); }
+        catch (IOException) { procs = []; }
+        foreach (string p in procs)
+        {
+            if (!int.TryParse(Path.GetFileName(p), NumberStyles.None, CultureInfo.InvariantCulture, out int pid) || pid == self) continue;
+            string[] fds;
+            try { fds = Directory.GetFileSystemEntries(p + "/fd"); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { continue; }
+            foreach (string fd in fds)
+            {
+                string? target = Libc.ReadLinkText(fd);
+                if (target == null || !Ours(target)) continue;
+                string comm;
+                try { comm = File.ReadAllText(p + "/comm").Trim(); }
+                catch (IOException) { comm = "?"; }
+                found.Add("held by " + pid + " (" + comm + ")" + Via(target));
+                break;
+            }
+        }
+        return found;
+    }
+
+    /// <summary>
+    /// Why device <paramref name="id"/> lacks <paramref name="flag"/>: the kernel has no such feature (naming it and the
+    /// release), or the device was made without it.
+    /// </summary>
+    internal static string LacksFeature(UblkControl ctrl, uint id, ulong flag, string what)
+    {
+        string feature = UblkDevice.MissingFeatures(0, flag);
+        if ((ctrl.Features & flag) == 0)
+            return "ublk device " + id + " " + what + ": that needs " + feature + ", which this kernel (" + UblkDevice.KernelRelease() +
+                ", ublk features 0x" + ctrl.Features.ToString("x", CultureInfo.InvariantCulture) + ") does not have";
+        return "ublk device " + id + " " + what + ": it was created without " + feature + " (by a server that did not ask for it)";
+    }
+
+    /// <summary>
+    /// resize ID SIZE: asks device ID's server, over its control socket, to change the size (the server owns the
+    /// backend). The argument checks come before anything is opened.
+    /// </summary>
+    private static int Resize(string[] args)
+    {
+        if (args.Length != 2) throw new UsageException("resize: expected a device id and a size, e.g. resize 0 2G");
+        if (!uint.TryParse(args[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id))
+            throw new UsageException("resize: '" + args[0] + "' is not a device id");
+        if (!Sizes.TryParse(args[1], out ulong bytes)) throw new UsageException("resize: " + Sizes.Invalid(args[1], "size"));
+        if (bytes == 0 || bytes % 512 != 0 || bytes > (ulong.MaxValue >> 9) << 9)
+            throw new UsageException("resize: the size must be a positive multiple of 512 bytes, got " + bytes);
+        using (var ctrl = OpenControl())
+        {
+            if (ctrl.TryGetDevInfo(id, out ublksrv_ctrl_dev_info info) < 0) throw new UsageException("resize: no ublk device " + id);
+            if ((info.flags & UblkConst.UBLK_F_UPDATE_SIZE) == 0)
+                throw new UsageException("resize: " + LacksFeature(ctrl, id, UblkConst.UBLK_F_UPDATE_SIZE, "cannot be resized"));
+        }
+        // The server's work is a control command or two and an ftruncate: the control deadline, plus a margin.
+        TimeSpan wait = ControlTimeout == Timeout.InfiniteTimeSpan ? Timeout.InfiniteTimeSpan : ControlTimeout * 2 + TimeSpan.FromSeconds(5);
+        string reply = ControlSocket.Request(id, "resize " + bytes.ToString(CultureInfo.InvariantCulture), wait);
+        if (reply.StartsWith("ok", StringComparison.Ordinal))
+        {
+            Console.WriteLine("/dev/ublkb" + id + ": " + bytes + " bytes (" + Sizes.Format(bytes) + ")");
+            return 0;
+        }
+        if (reply.StartsWith("refused ", StringComparison.Ordinal)) throw new UsageException("resize: " + reply["refused ".Length..]);
+        throw new UblkException("resize: " + (reply.StartsWith("error ", StringComparison.Ordinal) ? reply["error ".Length..] : "unexpected reply '" + reply + "'"));
     }
 
     internal static bool WaitGone(uint id, int timeoutMs)

@@ -60,6 +60,7 @@ public static class Serve
                 case "--stats": a.Stats = true; break;
                 case "--fixed-buffers": d.FixedBuffers = true; break;
                 case "--huge-buffers": d.HugeBuffers = true; break;
+                case "--no-partition-scan": d.NoPartitionScan = true; break;
                 case "--recovery":
                 {
                     string v = Value();
@@ -182,15 +183,29 @@ public static class Serve
                     a.Device.IoMode = mode ?? throw new UsageException("serve: " + modeError);
                 }
                 UblkDevice dev;
+                // The control socket (`ublk-aot resize`) is bound once the id is known, before the device goes live, so
+                // that a failure to make it leaves no device behind; it answers once the device is live.
+                ControlSocket? control = null;
+                void BeforeLive(UblkDevice d)
+                {
+                    SaveState(d, a);
+                    control = ControlSocket.Bind(d.Id);
+                }
                 try
                 {
                     dev = recover
-                        ? UblkDevice.Recover(ctrl, (uint)a.Device.Id, a.Device, backend, caps, files, RecoveryStartTimeout, d => SaveState(d, a))
-                        : UblkDevice.Create(ctrl, a.Device, backend, caps, files, d => SaveState(d, a));
+                        ? UblkDevice.Recover(ctrl, (uint)a.Device.Id, a.Device, backend, caps, files, RecoveryStartTimeout, BeforeLive)
+                        : UblkDevice.Create(ctrl, a.Device, backend, caps, files, BeforeLive);
                 }
                 catch (UblkException e) when (e.Errno is Errno.EEXIST or Errno.EACCES or Errno.EPERM or Errno.EINVAL or Errno.EOPNOTSUPP or Errno.ENODEV or Errno.EBUSY)
                 {
+                    control?.Dispose();
                     throw new UsageException(e.Message);
+                }
+                catch
+                {
+                    control?.Dispose();
+                    throw;
                 }
                 string why;
                 bool handedOver = false;
@@ -204,7 +219,11 @@ public static class Serve
                         ", max io " + Sizes.Format(info.max_io_buf_bytes) + (a.Device.ReadOnly ? ", read-only" : "") +
                         ", recovery " + DeviceOptions.RecoveryName(a.Device.Recovery) + ", io mode " + IoModes.Name(a.Device.IoMode) +
                         ", kernel features 0x" + ctrl.Features.ToString("x", CultureInfo.InvariantCulture));
-                    why = Wait(ctrl, dev, stop, handOver);
+                    using (control)
+                    {
+                        control!.Start(("resize", req => Resize(ctrl, dev, spec, a, req)));
+                        why = Wait(ctrl, dev, stop, handOver);
+                    }
                     if (dev.HandedOver)
                     {
                         handedOver = true;
@@ -242,6 +261,46 @@ public static class Serve
         {
             throw new UblkException("cannot write the state file " + StateFile.PathOf(dev.Id) + ": " + e.Message);
         }
+    }
+
+    /// <summary>
+    /// The "resize BYTES" request of the control socket: the backend first when growing (the file is extended), then
+    /// UPDATE_SIZE; when shrinking, UPDATE_SIZE first, then the backend (the file is truncated). Refused, changing
+    /// nothing, when the device lacks UBLK_F_UPDATE_SIZE, the size is not a positive multiple of the block size, or
+    /// the backend cannot take it (mem:, data beyond the new end, a block device too small).
+    /// </summary>
+    private static string Resize(UblkControl ctrl, UblkDevice dev, BackendSpec spec, Args a, string arg)
+    {
+        if (!ulong.TryParse(arg, NumberStyles.None, CultureInfo.InvariantCulture, out ulong bytes))
+            return "refused resize: expected a size in bytes, got '" + arg + "'";
+        if ((dev.Info.flags & UblkConst.UBLK_F_UPDATE_SIZE) == 0)
+            return "refused " + CommandLine.LacksFeature(ctrl, dev.Id, UblkConst.UBLK_F_UPDATE_SIZE, "cannot be resized");
+        uint block = a.Device.BlockSize;
+        if (bytes == 0 || bytes % block != 0)
+            return "refused ublk device " + dev.Id + ": the new size " + bytes + " is not a positive multiple of its block size " + block;
+        ulong old = ctrl.GetParams(dev.Id).basic.dev_sectors << 9;
+        if (bytes == old) return "ok " + bytes;
+        if (spec.CheckResize(bytes) is { } why) return "refused " + why;
+        if (bytes > old)
+        {
+            Action undo = spec.GrowTo(bytes);
+            int rc;
+            try { rc = ctrl.UpdateSize(dev.Id, bytes >> 9); }
+            catch (UblkException) { undo(); throw; }
+            if (rc < 0) { undo(); return "error UPDATE_SIZE on ublk device " + dev.Id + " failed: " + Errno.Name(rc); }
+        }
+        else
+        {
+            int rc = ctrl.UpdateSize(dev.Id, bytes >> 9);
+            if (rc < 0) return "error UPDATE_SIZE on ublk device " + dev.Id + " failed: " + Errno.Name(rc);
+            spec.ShrinkTo(bytes);
+        }
+        Console.Error.WriteLine("ublk-aot: resized " + dev.BlockDevicePath + " from " + Sizes.Format(old) + " to " + Sizes.Format(bytes) + " (" + bytes + " bytes)");
+        // A later `recover` opens the backend from the state file: it must describe the new size (Mismatch compares them).
+        a.Backend = spec.Respec(a.Backend!, bytes);
+        try { SaveState(dev, a); }
+        catch (UblkException e) { return "error resized to " + bytes + " bytes, but " + e.Message; }
+        return "ok " + bytes;
     }
 
     /// <summary>The signal `upgrade` sends a server on a kernel without QUIESCE_DEV (SIGUSR1, a raw value).</summary>

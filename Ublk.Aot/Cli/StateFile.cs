@@ -50,6 +50,7 @@ public static class StateFile
                 w.WriteNumber("idle_release", (long)o.IdleRelease.TotalSeconds);
                 w.WriteBoolean("fixed_buffers", o.FixedBuffers);
                 w.WriteBoolean("huge_buffers", o.HugeBuffers);
+                w.WriteBoolean("no_partition_scan", o.NoPartitionScan);
                 if (o.Cpus is { } cpus)
                 {
                     w.WriteStartArray("cpus");
@@ -90,6 +91,8 @@ public static class StateFile
                 FixedBuffers = r.GetProperty("fixed_buffers").GetBoolean(),
                 HugeBuffers = r.GetProperty("huge_buffers").GetBoolean(),
             };
+            // Absent in files written before the option existed.
+            if (r.TryGetProperty("no_partition_scan", out JsonElement nps)) o.NoPartitionScan = nps.GetBoolean();
             if (r.TryGetProperty("cpus", out JsonElement cpus))
             {
                 var list = new List<int>();

@@ -32,6 +32,7 @@ public static class Errno
     public const int EOPNOTSUPP = 95;
     public const int ETIME = 62;
     public const int ETIMEDOUT = 110;
+    public const int ECONNREFUSED = 111;
     public const int ECANCELED = 125;
 
     /// <summary>errno of the last libc call made with SetLastError.</summary>
@@ -69,6 +70,7 @@ public static class Errno
             EOPNOTSUPP => "EOPNOTSUPP",
             ETIME => "ETIME",
             ETIMEDOUT => "ETIMEDOUT",
+            ECONNREFUSED => "ECONNREFUSED",
             ECANCELED => "ECANCELED",
             _ => "errno " + errno.ToString(System.Globalization.CultureInfo.InvariantCulture),
         };

@@ -160,7 +160,7 @@ internal static unsafe partial class Libc
     private static partial int Pipe2(int* fds, int flags);
 
     [LibraryImport(Lib, EntryPoint = "poll", SetLastError = true)]
-    private static partial int Poll(PollFd* fds, nuint n, int timeoutMs);
+    public static partial int Poll(PollFd* fds, nuint n, int timeoutMs);
 
     [LibraryImport(Lib, EntryPoint = "waitpid", SetLastError = true)]
     private static partial int WaitPid(int pid, int* status, int options);
@@ -177,13 +177,13 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "posix_spawn_file_actions_destroy")]
     private static partial int SpawnActionsDestroy(void* fa);
 
-    private struct PollFd
+    public struct PollFd
     {
         public int Fd;
         public short Events, Revents;
     }
 
-    private const int POLLIN = 1;
+    public const int POLLIN = 1;
 
     /// <summary>
     /// Runs <paramref name="path"/> with <paramref name="argv"/> (argv[0] included) and an empty environment, its stdout
@@ -251,6 +251,63 @@ internal static unsafe partial class Libc
         finally { Marshal.FreeCoTaskMem((nint)p); }
     }
 
+    // Unix-domain stream sockets (the server's control socket, /run/ublk-aot/ID.sock).
+    public const int AF_UNIX = 1;
+    public const int SOCK_STREAM = 1;
+    public const int SOCK_CLOEXEC = 0x80000;
+    public const int SEEK_DATA = 3;
+
+    /// <summary>struct sockaddr_un (110 bytes: family + 108-byte path).</summary>
+    [StructLayout(LayoutKind.Sequential, Size = 110)]
+    public struct SockAddrUn
+    {
+        public ushort Family;
+        public fixed byte Path[108];
+    }
+
+    [LibraryImport(Lib, EntryPoint = "socket", SetLastError = true)]
+    public static partial int Socket(int domain, int type, int protocol);
+
+    [LibraryImport(Lib, EntryPoint = "bind", SetLastError = true)]
+    public static partial int Bind(int fd, SockAddrUn* addr, uint len);
+
+    [LibraryImport(Lib, EntryPoint = "listen", SetLastError = true)]
+    public static partial int Listen(int fd, int backlog);
+
+    [LibraryImport(Lib, EntryPoint = "accept4", SetLastError = true)]
+    public static partial int Accept4(int fd, void* addr, void* len, int flags);
+
+    [LibraryImport(Lib, EntryPoint = "connect", SetLastError = true)]
+    public static partial int Connect(int fd, SockAddrUn* addr, uint len);
+
+    [LibraryImport(Lib, EntryPoint = "chmod", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Chmod(string path, uint mode);
+
+    [LibraryImport(Lib, EntryPoint = "lstat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int LStat(string path, StatBuf* buf);
+
+    [LibraryImport(Lib, EntryPoint = "readlink", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial nint ReadLink(string path, byte* buf, nuint size);
+
+    /// <summary>A sockaddr_un for <paramref name="path"/>; false when the path does not fit (107 bytes and a NUL).</summary>
+    public static bool UnixAddress(string path, out SockAddrUn addr)
+    {
+        addr = default;
+        addr.Family = AF_UNIX;
+        byte[] b = System.Text.Encoding.UTF8.GetBytes(path);
+        if (b.Length > 107) return false;
+        for (int i = 0; i < b.Length; i++) addr.Path[i] = b[i];
+        return true;
+    }
+
+    /// <summary>The target of symlink <paramref name="path"/>, or null (readlink(2)).</summary>
+    public static string? ReadLinkText(string path)
+    {
+        byte* buf = stackalloc byte[512];
+        nint n = ReadLink(path, buf, 512);
+        return n < 0 || n >= 512 ? null : System.Text.Encoding.UTF8.GetString(buf, (int)n);
+    }
+
     /// <summary>syscall(2) with up to six integer arguments (the x86-64 ABI passes them in registers, so the variadic callee reads them correctly).</summary>
     [LibraryImport(Lib, EntryPoint = "syscall", SetLastError = true)]
     public static partial long Syscall6(long number, nint a1, nint a2, nint a3, nint a4, nint a5, nint a6);
@@ -262,6 +319,7 @@ internal static unsafe partial class Libc
     public struct StatBuf
     {
         [FieldOffset(0)] public ulong st_dev;
+        [FieldOffset(8)] public ulong st_ino;
         [FieldOffset(24)] public uint st_mode;
         [FieldOffset(40)] public ulong st_rdev;
         [FieldOffset(48)] public long st_size;
@@ -272,6 +330,7 @@ internal static unsafe partial class Libc
     public const uint S_IFMT = 0xF000;
     public const uint S_IFREG = 0x8000;
     public const uint S_IFBLK = 0x6000;
+    public const uint S_IFSOCK = 0xC000;
     public const uint S_IFCHR = 0x2000;
 
     // ioctl requests on block devices (linux/fs.h).

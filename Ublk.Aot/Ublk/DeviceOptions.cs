@@ -84,6 +84,9 @@ public sealed class DeviceOptions
     /// <summary>Test hook (UBLK_AOT_TEST_HOOK=auto-buf-bad-index): every fourth tag's AUTO_BUF_REG index is one the kernel refuses.</summary>
     public bool TestBadAutoBufIndex { get; set; }
 
+    /// <summary>`serve --no-partition-scan`: UBLK_F_NO_AUTO_PART_SCAN (7.0+), START_DEV does not scan for partitions.</summary>
+    public bool NoPartitionScan { get; set; }
+
     public BufferOptions Buffers => new(IdleRelease, FixedBuffers, HugeBuffers, IoMode, TestBadAutoIndex: TestBadAutoBufIndex);
 
     /// <summary>The UBLK_F_* flags <paramref name="mode"/> asks ADD_DEV for.</summary>

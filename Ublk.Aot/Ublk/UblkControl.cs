@@ -291,6 +291,18 @@ public sealed unsafe class UblkControl : IDisposable
 
     public int StopDev(uint devId) => SendPlain(UBLK_U_CMD_STOP_DEV, UBLK_CMD_STOP_DEV, devId);
 
+    /// <summary>
+    /// UPDATE_SIZE (devices made with UBLK_F_UPDATE_SIZE): the disk's capacity becomes <paramref name="sectors"/>
+    /// 512-byte sectors (data[0]); the kernel notifies udev. Returns 0 or -errno.
+    /// </summary>
+    public int UpdateSize(uint devId, ulong sectors) => SendPlain(UBLK_U_CMD_UPDATE_SIZE, 0, devId, sectors);
+
+    /// <summary>
+    /// TRY_STOP_DEV (devices made with UBLK_F_SAFE_STOP_DEV): STOP_DEV unless /dev/ublkbN has an opener (a process, a
+    /// mount), then -EBUSY and nothing changes. Returns 0 or -errno.
+    /// </summary>
+    public int TryStopDev(uint devId) => SendPlain(UBLK_U_CMD_TRY_STOP_DEV, 0, devId);
+
     /// <summary>DEL_DEV waits until every opener of /dev/ublkbN is gone; DEL_DEV_ASYNC (6.8+) returns at once.</summary>
     public int DelDev(uint devId, bool async)
     {

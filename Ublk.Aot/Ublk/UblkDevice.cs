@@ -70,6 +70,13 @@ public sealed class UblkDevice : IDisposable
         if ((ctrl.Features & ioFlags) != ioFlags)
             throw new UblkException("--io-mode " + IoModes.Name(o.IoMode) + " needs " + MissingFeatures(ctrl.Features, ioFlags) +
                 ", which this kernel (" + KernelRelease() + ", ublk features 0x" + ctrl.Features.ToString("x") + ") does not have", Errno.EOPNOTSUPP);
+        // Live resize (UPDATE_SIZE) and a stop that refuses while the disk is open (TRY_STOP_DEV), where the kernel has them.
+        ulong optional = ctrl.Features & (UBLK_F_UPDATE_SIZE | UBLK_F_SAFE_STOP_DEV);
+        // --no-partition-scan: required, so refused on a kernel without it (6.12 would drop the flag silently).
+        ulong partScan = o.NoPartitionScan ? UBLK_F_NO_AUTO_PART_SCAN : 0;
+        if ((ctrl.Features & partScan) != partScan)
+            throw new UblkException("--no-partition-scan needs " + MissingFeatures(ctrl.Features, partScan) + ", which this kernel (" + KernelRelease() +
+                ", ublk features 0x" + ctrl.Features.ToString("x") + ") does not have", Errno.EOPNOTSUPP);
 
         ublksrv_ctrl_dev_info info = default;
         info.nr_hw_queues = (ushort)o.Queues;
@@ -79,6 +86,7 @@ public sealed class UblkDevice : IDisposable
         info.ublksrv_pid = Environment.ProcessId;
         // Ask only for what the kernel has: CMD_IOCTL_ENCODE makes the I/O commands ioctl-encoded too.
         info.flags = (ctrl.Features & UBLK_F_CMD_IOCTL_ENCODE) | recovery | ioFlags;
+        info.flags |= optional | partScan;
         info = ctrl.AddDev(info);
 
         var dev = new UblkDevice(ctrl, o, info.dev_id, caps) { Info = info, _owned = true };
@@ -89,6 +97,8 @@ public sealed class UblkDevice : IDisposable
                 throw new UblkException("ublk device " + info.dev_id + ": the kernel dropped the recovery flags " + MissingFeatures(info.flags, recovery), Errno.EOPNOTSUPP);
             if ((info.flags & ioFlags) != ioFlags)
                 throw new UblkException("ublk device " + info.dev_id + ": the kernel dropped the io mode flags " + MissingFeatures(info.flags, ioFlags), Errno.EOPNOTSUPP);
+            if ((info.flags & partScan) != partScan)
+                throw new UblkException("ublk device " + info.dev_id + ": the kernel dropped " + MissingFeatures(info.flags, partScan) + " (--no-partition-scan)", Errno.EOPNOTSUPP);
             ctrl.SetParams(dev.Id, BuildParams(o, caps, info));
             dev.StartQueues(backend, backendFiles);
             beforeStart?.Invoke(dev);
@@ -181,7 +191,7 @@ public sealed class UblkDevice : IDisposable
         return null;
     }
 
-    private static string MissingFeatures(ulong have, ulong want) => IoModes.FeatureList(want & ~have);
+    internal static string MissingFeatures(ulong have, ulong want) => IoModes.FeatureList(want & ~have);
 
     /// <summary>The running kernel's release, for messages.</summary>
     public static string KernelRelease()

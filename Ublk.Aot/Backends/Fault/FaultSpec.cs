@@ -22,6 +22,18 @@ public sealed class FaultSpec(FaultConfig config, BackendSpec inner) : BackendSp
         where TInner : struct, IBackend
         => consumer.Use(new FaultBackend<TInner>(inner, Config), caps, files);
 
+    // A resize is the inner backend's; the fault options stay as they are.
+    public override string? CheckResize(ulong newSize) => Inner.CheckResize(newSize);
+    public override Action GrowTo(ulong newSize) => Inner.GrowTo(newSize);
+    public override void ShrinkTo(ulong newSize) => Inner.ShrinkTo(newSize);
+
+    /// <summary>"fault:OPTIONS:INNER" with INNER rewritten by the inner backend.</summary>
+    public override string Respec(string text, ulong newSize)
+    {
+        int colon = text.IndexOf(':', Kind.Name.Length + 1);
+        return colon < 0 ? text : text[..(colon + 1)] + Inner.Respec(text[(colon + 1)..], newSize);
+    }
+
     public override void Dispose() => Inner.Dispose();
 
     private static BackendSpec Parse(SpecReader r, string rest, SpecContext context)

@@ -29,6 +29,26 @@ public sealed class FileSpec(BackingFile file) : LeafSpec<FileBackend>
             UserCopyBounce = true,
         };
 
+    public override string? CheckResize(ulong newSize) => File.CheckResize(newSize);
+
+    public override System.Action GrowTo(ulong newSize)
+    {
+        ulong oldSize = File.Size;
+        ulong oldLength = File.Grow(newSize);
+        return () => File.UndoGrow(oldSize, oldLength);
+    }
+
+    public override void ShrinkTo(ulong newSize) => File.Shrink(newSize);
+
+    /// <summary>A size= in the SPEC becomes the new size; without one the file's own length (now the new size) is what counts.</summary>
+    public override string Respec(string text, ulong newSize)
+    {
+        string[] parts = text.Split(',');
+        for (int i = 1; i < parts.Length; i++)
+            if (parts[i].StartsWith("size=", System.StringComparison.Ordinal)) parts[i] = "size=" + newSize;
+        return string.Join(',', parts);
+    }
+
     public override void Dispose() => File.Dispose();
 
     private static BackendSpec Parse(SpecReader r, string rest, SpecContext context)

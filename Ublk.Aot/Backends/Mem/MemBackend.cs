@@ -94,6 +94,7 @@ public sealed class MemSpec(ulong size) : LeafSpec<MemBackend>
     public ulong Size { get; } = size;
     public MemStore Store => _store ??= new MemStore(Size);
     public override string Describe() => "mem:" + Size;
+    public override string? CheckResize(ulong newSize) => "backend mem: cannot be resized (its memory is mapped at a fixed " + Size + " bytes)";
 
     public override BackendCaps Caps => new()
     {

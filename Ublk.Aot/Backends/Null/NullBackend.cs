@@ -22,8 +22,18 @@ public sealed class NullSpec(ulong size) : LeafSpec<NullBackend>
         "completes every request at once, keeps no data (the stack's ceiling)",
         (r, rest, _) => new NullSpec(r.PositiveSize(rest, "null size")));
 
-    public ulong Size { get; } = size;
+    public ulong Size { get; private set; } = size;
     public override string Describe() => "null:" + Size;
+
+    public override string? CheckResize(ulong newSize) => null;
+    public override System.Action GrowTo(ulong newSize)
+    {
+        ulong old = Size;
+        Size = newSize;
+        return () => Size = old;
+    }
+    public override void ShrinkTo(ulong newSize) => Size = newSize;
+    public override string Respec(string text, ulong newSize) => "null:" + newSize;
     // No data moves in any mode; user copy leaves even the kernel's copy out, so auto takes it where there is one.
     public override BackendCaps Caps => new()
     {

@@ -36,6 +36,21 @@ public abstract class BackendSpec : IDisposable
     public virtual TResult BuildWrapped<TResult>(IBackendWrapper wrapper, IBackendConsumer<TResult> consumer)
         => throw new SpecException("backend " + wrapper.Name + ": cannot wrap " + Describe());
 
+    // Live resize (`ublk-aot resize`, UPDATE_SIZE). The server calls these on its control thread, never a queue thread:
+    // CheckResize first (changes nothing), then GrowTo before UPDATE_SIZE or ShrinkTo after it.
+
+    /// <summary>Why this backend cannot serve <paramref name="newSize"/> bytes, or null. Changes nothing.</summary>
+    public virtual string? CheckResize(ulong newSize) => Describe() + " cannot be resized";
+
+    /// <summary>Growth, before the kernel learns the new size: makes room. Returns what takes it back if the kernel refuses.</summary>
+    public virtual Action GrowTo(ulong newSize) => static () => { };
+
+    /// <summary>Shrink, after the kernel has the new size.</summary>
+    public virtual void ShrinkTo(ulong newSize) { }
+
+    /// <summary>The SPEC <paramref name="text"/> (this backend's) rewritten to open it at <paramref name="newSize"/>, for the state file.</summary>
+    public virtual string Respec(string text, ulong newSize) => text;
+
     public virtual void Dispose() { }
 }
 
