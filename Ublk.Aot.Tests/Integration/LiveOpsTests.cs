@@ -256,7 +256,9 @@ public sealed class LiveOpsTests(ITestOutputHelper output)
         string dir = TempDir("parts");
         string img = Path.Combine(dir, "p.img");
         File.Delete(img);
-        Sh("truncate -s 64M " + img + " && printf 'label: dos\\nstart=2048, size=32768, type=83\\n' | sfdisk -q " + img);
+        Sh("truncate -s 64M " + img);
+        Result table = Run("sfdisk", "-q " + img, stdin: "label: dos\nstart=2048, size=32768, type=83\n");
+        Assert.True(table.Code == 0, "sfdisk " + img + ": " + table);
         try
         {
             if (!has)
