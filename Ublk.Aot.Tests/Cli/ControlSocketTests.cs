@@ -9,6 +9,7 @@ using Xunit;
 namespace Ublk.Aot.Tests.Cli;
 
 /// <summary>The server's control socket (host side: no device needed) and the backends' part of a resize.</summary>
+[Collection(StateDirCollection.Name)]
 public sealed class ControlSocketTests : IDisposable
 {
     private readonly string _dir = Path.Combine(Path.GetTempPath(), "ublk-sock-" + Guid.NewGuid().ToString("N")[..8]);

@@ -6,7 +6,15 @@ using Xunit;
 
 namespace Ublk.Aot.Tests.Cli;
 
+/// <summary>Tests that point UBLK_AOT_STATE_DIR (process-wide) at a folder of their own: one at a time.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class StateDirCollection
+{
+    public const string Name = "state-dir";
+}
+
 /// <summary>The recovery state file: written atomically, read back whole, refused clearly when damaged.</summary>
+[Collection(StateDirCollection.Name)]
 public sealed class StateFileTests : IDisposable
 {
     private readonly string _dir = Path.Combine(Path.GetTempPath(), "ublk-state-" + Guid.NewGuid().ToString("N"));
