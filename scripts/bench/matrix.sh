@@ -28,10 +28,19 @@
 #   BENCH_ROUNDS (3)  BENCH_RUNTIME (3)  BENCH_RAMP (1)   seconds per fio job: RAMP + RUNTIME
 #   BENCH_TARGETS     subset of: aot-null aot-null-huge aot-mem aot-file aot-file-fixed nullblk loop kublk-null kublk-loop
 #                     (aot-null-huge: aot-null with --huge-buffers; aot-file-fixed: aot-file with --fixed-buffers;
-#                     the A/B of each tuning in the same boot)
+#                     the A/B of each tuning in the same boot; the aot-* names without a mode run --io-mode auto)
+#                     and the io-mode targets (zero copy and AUTO_BUF_REG need 7.x, batch I/O 7.0+):
+#                       aot-null-M and aot-file-M, M = copy uc zc abr (--io-mode copy, user-copy, zero-copy,
+#                       auto-buf-reg); aot-mem-copy, aot-mem-uc;
+#                       kublk-null-F and kublk-loop-F, F = uc zc abr b (kublk add -u, -z, --auto_zc, -b);
+#                       kublk-null and kublk-loop are kublk's copy mode.
+#                     The word `modes` stands for the whole io-mode matrix ($MODE_TARGETS below).
 #   BENCH_WORKLOADS   subset of the names in WORKLOADS below
 #   BENCH_EXTRAS (1)  0 skips the syscall and GC measurements
-#   BENCH_SYSCALL_QDS (64)         queue depths of the syscall measurement
+#   BENCH_SYSCALL_QDS (64)         queue depths of the 4k randread syscall measurement (old targets)
+#   BENCH_SYSCALL_RUNS             TARGET:WORKLOAD pairs measured with perf (syscalls, CPU) and a
+#                                  thread sampler (io-wq workers, process CPU); default: $SYSCALL_RUNS
+#                                  below (the io-mode targets) plus the old set at BENCH_SYSCALL_QDS
 #   BENCH_FILE_SIZE (1G)           backing file, on a tmpfs mounted for the run
 #   BENCH_MEM_SIZE (256M)          ublk-aot mem: size (written in full first)
 #
@@ -58,8 +67,26 @@ FIO_CPU=$((NCPU - 1))
 SIZE=1G                        # ublk-aot null size (null_blk: gb=1)
 MEM_SIZE=${BENCH_MEM_SIZE:-256M}   # ublk-aot mem size; written in full before it is measured
 
-ALL_TARGETS="aot-null aot-null-huge aot-mem aot-file aot-file-fixed nullblk loop kublk-null kublk-loop"
-TARGETS=${BENCH_TARGETS:-$ALL_TARGETS}
+OLD_TARGETS="aot-null aot-null-huge aot-mem aot-file aot-file-fixed nullblk loop kublk-null kublk-loop"
+# The io-mode matrix: each ublk-aot mode against kublk in the same mode, and
+# kublk's batch I/O (-b) as an A/B of kublk itself.  Each ublk-aot target is
+# followed by its kublk reference, so the two samples of a ratio are taken
+# about a minute apart, not half a round.
+MODE_TARGETS="nullblk aot-null-copy kublk-null aot-null-uc kublk-null-uc aot-null-zc kublk-null-zc
+  aot-null-abr kublk-null-abr kublk-null-b aot-mem-copy aot-mem-uc
+  loop aot-file-copy kublk-loop aot-file-uc kublk-loop-uc aot-file-zc kublk-loop-zc
+  aot-file-abr kublk-loop-abr kublk-loop-b"
+ALL_TARGETS=$(echo $OLD_TARGETS $MODE_TARGETS)
+TARGETS=${BENCH_TARGETS:-$OLD_TARGETS}
+TARGETS=$(for t in $TARGETS; do if [[ $t == modes ]]; then echo $MODE_TARGETS; else echo "$t"; fi; done |
+          tr -s ' \n' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
+TARGETS=${TARGETS% }
+# Syscall/CPU runs of the io-mode targets: WORKLOAD is a name of WORKLOADS.
+# (kublk-null and kublk-loop at 4k QD64 come from the old set below.)
+SYSCALL_RUNS=${BENCH_SYSCALL_RUNS:-"aot-null-uc:rr4k-qd64 aot-file-uc:rr4k-qd64 aot-file-abr:rr4k-qd64 kublk-loop-abr:rr4k-qd64
+  aot-file-copy:sr128k-qd16 kublk-loop:sr128k-qd16 aot-file-uc:sr128k-qd16 aot-file-zc:sr128k-qd16 kublk-loop-zc:sr128k-qd16
+  aot-file-abr:sr128k-qd16 kublk-loop-abr:sr128k-qd16 aot-file-abr:sw128k-qd16 kublk-loop-abr:sw128k-qd16
+  aot-mem-uc:sr128k-qd16 aot-null-uc:sr128k-qd16"}
 
 # name         rw        bs    iodepth/job  jobs  ublk queues
 WORKLOADS="
@@ -255,10 +282,29 @@ dev_up() {
     aot-mem)  start_aot "mem:$MEM_SIZE" "$q" "$err" ;;
     aot-file) start_aot "file:$BACKING" "$q" "$err" ;;
     aot-file-fixed) start_aot "file:$BACKING" "$q" "$err" --fixed-buffers ;;
-    kublk-null) start_kublk null "$q" "$err" ;;
-    kublk-loop) start_kublk loop "$q" "$err" "$BACKING" ;;
+    aot-*-copy|aot-*-uc|aot-*-zc|aot-*-abr)
+      local b=${t#aot-} spec
+      b=${b%-*}
+      case $b in null) spec="null:$SIZE" ;; mem) spec="mem:$MEM_SIZE" ;; file) spec="file:$BACKING" ;; esac
+      start_aot "$spec" "$q" "$err" --io-mode "$(aot_mode_of "$t")" ;;
+    kublk-null|kublk-null-*) start_kublk null "$q" "$err" $(kublk_flags_of "$t") ;;
+    kublk-loop|kublk-loop-*) start_kublk loop "$q" "$err" $(kublk_flags_of "$t") "$BACKING" ;;
     nullblk) DEV=/dev/nullb0 ;;
     loop) DEV=$LOOP_DEV ;;
+  esac
+}
+
+# aot_mode_of TARGET: the --io-mode word of an aot-*-MODE target.
+aot_mode_of() {
+  case $1 in
+    *-copy) echo copy ;; *-uc) echo user-copy ;; *-zc) echo zero-copy ;; *-abr) echo auto-buf-reg ;;
+  esac
+}
+
+# kublk_flags_of TARGET: kublk add's data-mode flags (none: copy).
+kublk_flags_of() {
+  case $1 in
+    kublk-*-uc) echo -u ;; kublk-*-zc) echo -z ;; kublk-*-abr) echo --auto_zc ;; kublk-*-b) echo -b ;;
   esac
 }
 
@@ -311,7 +357,7 @@ run_target() {
       secs=$((secs + RUNTIME + RAMP + 5)) n=$((n + 1))
     done <<<"$WORKLOADS"
     ((n)) || continue
-    if [[ $t == aot-mem ]]; then text=$(fio_prefill_job)$'\n\n'$text; secs=$((secs + 300)); fi
+    if [[ $t == aot-mem* ]]; then text=$(fio_prefill_job)$'\n\n'$text; secs=$((secs + 300)); fi
     base=$OUT/runs/$t.q$nq.r$r
     dev_up "$t" "$nq" "$base.err" || continue
     run_fio "$base.json" "$DEV" "$secs" "$text"
@@ -337,32 +383,113 @@ count_syscalls() {   # count_syscalls PID OUTPREFIX DEV SECONDS JOBS-TEXT
   local pid=$1 pre=$2; shift 2
   local tool=none spid rc
   mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
-  if command -v perf >/dev/null &&
-     timeout 20 perf stat -e 'syscalls:sys_enter_io_uring_enter' -p "$pid" -- sleep 0.1 >/dev/null 2>&1; then
+  # Whether perf can count the tracepoints: asked once per boot (a perf
+  # start costs seconds under TCG).
+  if [[ -z $PERF_EVENTS ]]; then
+    PERF_EVENTS=none
+    if command -v perf >/dev/null &&
+       timeout 20 perf stat -e 'syscalls:sys_enter_io_uring_enter' -p "$pid" -- sleep 0.1 >/dev/null 2>&1; then
+      PERF_EVENTS='task-clock,raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,syscalls:sys_enter_pread64,syscalls:sys_enter_pwrite64'
+      # io_uring:io_uring_queue_async_work: a request io_uring hands to an
+      # io-wq worker instead of completing it inline (counted in the
+      # submitter's context, so per queue thread).
+      timeout 20 perf stat -e 'io_uring:io_uring_queue_async_work' -p "$pid" -- sleep 0.1 >/dev/null 2>&1 &&
+        PERF_EVENTS+=',io_uring:io_uring_queue_async_work'
+    fi
+  fi
+  if [[ $PERF_EVENTS != none ]]; then
     tool=perf
+    local ev=$PERF_EVENTS
     # shellcheck disable=SC2054  # "-x," is perf's CSV separator option
-    FIO_WRAP=(perf stat --per-thread -x, -o "$pre.perf"
-              -e 'task-clock,raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter' -p "$pid" --)
+    FIO_WRAP=(perf stat --per-thread -x, -o "$pre.perf" -e "$ev" -p "$pid" --)
+    sample_threads "$pid" "$pre.threads"
     run_fio "$pre.json" "$@"; rc=$?
+    stop_sampler "$pid" "$pre.threads"
     FIO_WRAP=()
   elif command -v strace >/dev/null; then
     tool=strace
     strace -c -f -p "$pid" -o "$pre.strace" 2>/dev/null &
     spid=$!
     sleep 1                                  # let strace attach
+    sample_threads "$pid" "$pre.threads"
     run_fio "$pre.json" "$@"; rc=$?
+    stop_sampler "$pid" "$pre.threads"
     kill -INT "$spid" 2>/dev/null
     local i; for ((i = 0; i < 100; i++)); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
   else
+    sample_threads "$pid" "$pre.threads"
     run_fio "$pre.json" "$@"; rc=$?
+    stop_sampler "$pid" "$pre.threads"
   fi
   echo "$tool" > "$pre.tool"
   return $rc
 }
 
+# sample_threads PID FILE: in the background, every 0.5 s, one line per
+# thread of PID ("T <epoch> <contents of /proc/PID/task/TID/stat>"), so
+# report.py can count io-wq workers (comm iou-wrk-*) and their CPU time,
+# which perf stat -p misses (it only follows the threads present when it
+# attaches; io-wq workers come and go).  Plus "P <epoch> /proc/PID/stat"
+# (utime/stime of the whole thread group, exited threads included) at the
+# start and end.  Pure bash reads: no process per sample but sleep.
+SAMPLER_PID=""
+PERF_EVENTS=""
+sample_threads() {
+  local pid=$1 out=$2
+  printf 'P %s %s\n' "$EPOCHREALTIME" "$(< "/proc/$pid/stat")" > "$out"
+  (
+    local f l
+    while kill -0 "$pid" 2>/dev/null; do
+      for f in /proc/"$pid"/task/*/stat; do
+        read -r l < "$f" 2>/dev/null && printf 'T %s %s\n' "$EPOCHREALTIME" "$l"
+      done
+      sleep 0.5
+    done
+  ) >> "$out" 2>/dev/null &
+  SAMPLER_PID=$!
+}
+
+stop_sampler() {
+  local pid=$1 out=$2
+  [[ -n $SAMPLER_PID ]] && { kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null; }
+  SAMPLER_PID=""
+  # One last sample of every thread, then the group's total.
+  local f l
+  for f in /proc/"$pid"/task/*/stat; do
+    read -r l < "$f" 2>/dev/null && printf 'T %s %s\n' "$EPOCHREALTIME" "$l"
+  done >> "$out"
+  [[ -r /proc/$pid/stat ]] && printf 'P %s %s\n' "$EPOCHREALTIME" "$(< "/proc/$pid/stat")" >> "$out"
+  echo "clk_tck=$(getconf CLK_TCK)" >> "$out"
+}
+
+# workload_job NAME SECONDS: the fio job section of workload NAME (no ramp).
+workload_job() {
+  local name rw bs qd jobs queues
+  while read -r name rw bs qd jobs queues; do
+    [[ $name == "$1" ]] && { fio_job "$name" "$rw" "$bs" "$qd" "$jobs" "$2" 0; return 0; }
+  done <<<"$WORKLOADS"
+  return 1
+}
+
 run_extras() {
-  local t qd pre pid
+  local t qd pre pid w job
+  # The io-mode targets: TARGET:WORKLOAD pairs, one 5 s run each (the
+  # server's syscalls, CPU, and its io-wq workers).
+  for tw in $SYSCALL_RUNS; do
+    t=${tw%%:*} w=${tw#*:}
+    [[ " $TARGETS " == *" $t "* ]] || continue
+    job=$(workload_job "$w" 5) || { log "syscalls: unknown workload $w"; continue; }
+    pre=$OUT/extra/sys.$t.$w
+    dev_up "$t" 1 "$pre.err" || continue
+    if [[ $t == aot-* ]]; then pid=$SRV_PID; else pid=$KUBLK_PID; fi
+    if [[ $t == aot-mem* ]]; then   # the store's pages exist before the measured run
+      run_fio "$pre.prefill.json" "$DEV" 300 "$(fio_prefill_job)" || log "prefill of $t failed"
+    fi
+    count_syscalls "$pid" "$pre" "$DEV" 5 "$job"
+    dev_down "$t"
+    log "syscalls $t $w: $(cat "$pre.tool") $(iops_of "$pre.json"); io-wq workers seen: $(grep -c ' (iou-wrk-' "$pre.threads" 2>/dev/null) samples"
+  done
   # Syscalls per I/O: ublk-aot vs kublk, null and file/loop, at QD64 (at QD1
   # both servers need exactly 1 (null) or 2 (file) io_uring_enter per I/O).
   for t in aot-null kublk-null aot-file aot-file-fixed kublk-loop; do
@@ -379,11 +506,13 @@ run_extras() {
   # GC: one 10 s mixed run on ublk-aot mem (not prefilled: first writes
   # fault pages in, which must not allocate managed memory either);
   # --stats must show 0 collections.
-  if [[ " $TARGETS " == *" aot-mem "* ]]; then
+  local gct=""
+  for t in aot-mem aot-mem-uc aot-mem-copy; do [[ " $TARGETS " == *" $t "* ]] && { gct=$t; break; }; done
+  if [[ -n $gct ]]; then
     pre=$OUT/extra/gc.aot-mem
-    if dev_up aot-mem 1 "$pre.err"; then
+    if dev_up "$gct" 1 "$pre.err"; then
       run_fio "$pre.json" "$DEV" 10 "$(fio_job rw4k-qd64-mixed randrw 4k 64 1 10 0)"
-      dev_down aot-mem
+      dev_down "$gct"
       log "gc run: $(grep -h 'stats process' "$pre.err")"
     fi
   fi
@@ -411,7 +540,7 @@ modprobe ublk_drv || { log "modprobe ublk_drv failed"; exit 2; }
 echo "ublk_features=$("$AOT" features --json 2>/dev/null | sed -n 's/.*"features":"\([^"]*\)".*/\1/p')" >> "$OUT/meta.env"
 log "kernel $(uname -r), $(nproc) CPUs; targets: $TARGETS; $ROUNDS round(s) of $RAMP+$RUNTIME s runs"
 
-if [[ " $TARGETS " == *" aot-file"* || " $TARGETS " == *" loop"* || " $TARGETS " == *" kublk-loop "* ]]; then
+if [[ " $TARGETS " == *" aot-file"* || " $TARGETS " == *" loop"* || " $TARGETS " == *" kublk-loop"* ]]; then
   setup_backing_file || { log "cannot create the backing file on tmpfs"; exit 1; }
 fi
 

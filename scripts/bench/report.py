@@ -26,6 +26,31 @@ LABEL = {
 KUBLK_REF = {"aot-null": "kublk-null", "aot-null-huge": "kublk-null", "aot-mem": "kublk-null", "aot-file": "kublk-loop", "aot-file-fixed": "kublk-loop"}
 KERNEL_REF = {"aot-null": "nullblk", "aot-null-huge": "nullblk", "aot-mem": "nullblk", "aot-file": "loop", "aot-file-fixed": "loop",
               "kublk-null": "nullblk", "kublk-loop": "loop"}
+
+# The io-mode matrix (matrix.sh MODE_TARGETS): aot-BACKEND-MODE against kublk
+# in the same mode (kublk-null-F for null and mem, kublk-loop-F for file).
+MODES = [("copy", "copy", ""), ("uc", "user-copy", "-u"), ("zc", "zero-copy", "-z"), ("abr", "auto-buf-reg", "--auto_zc")]
+AOT_MODE_TARGETS = []
+for _b, _modes in (("null", ["copy", "uc", "zc", "abr"]), ("mem", ["copy", "uc"]), ("file", ["copy", "uc", "zc", "abr"])):
+    for _m in _modes:
+        _t = f"aot-{_b}-{_m}"
+        AOT_MODE_TARGETS.append(_t)
+        _word = dict((m, w) for m, w, _f in MODES)[_m]
+        LABEL[_t] = f"ublk-aot {_b} {_word}"
+        _k = "kublk-" + ("loop" if _b == "file" else "null")
+        KUBLK_REF[_t] = _k if _m == "copy" else f"{_k}-{_m}"
+        KERNEL_REF[_t] = "loop" if _b == "file" else "nullblk"
+KUBLK_MODE_TARGETS = []
+for _k in ("null", "loop"):
+    for _m, _w, _f in MODES + [("b", "batch", "-b")]:
+        _t = f"kublk-{_k}" if _m == "copy" else f"kublk-{_k}-{_m}"
+        KUBLK_MODE_TARGETS.append(_t)
+        LABEL[_t] = f"kublk {_k} {_f}".rstrip() if _f else f"kublk {_k}"
+        KERNEL_REF[_t] = "nullblk" if _k == "null" else "loop"
+MODE_TARGETS = AOT_MODE_TARGETS + KUBLK_MODE_TARGETS + ["nullblk", "loop"]
+for _t in MODE_TARGETS:
+    if _t not in TARGETS:
+        TARGETS.append(_t)
 WORKLOADS = [  # name, label, big-block (MB/s instead of IOPS)
     ("rr4k-qd1", "4k randread QD1", False),
     ("rr4k-qd64", "4k randread QD64", False),
@@ -107,13 +132,16 @@ def job_result(job):
 
 def aot_stats(path):
     """Queue totals and process GC counts from ublk-aot --stats stderr."""
-    q = {"loops": 0, "ios": 0, "alloc": 0, "qgc0": 0, "queues": 0}
+    q = {"loops": 0, "ios": 0, "alloc": 0, "qgc0": 0, "queues": 0, "fallbacks": 0, "mode": "?"}
     proc = None
     try:
         with open(path) as f:
             for line in f:
                 kv = dict(STATS_RE.findall(line))
-                if line.startswith("stats queue="):
+                if line.startswith("stats io_mode="):
+                    q["mode"] = line.split("=", 1)[1].strip()
+                elif line.startswith("stats queue="):
+                    q["fallbacks"] += int(kv.get("reg_fallbacks", 0))
                     q["queues"] += 1
                     q["loops"] += int(kv.get("loops", 0))
                     q["ios"] += sum(int(kv.get(k, 0)) for k in ("reads", "writes", "flushes", "discards", "write_zeroes"))
@@ -133,13 +161,17 @@ def med(xs):
     return statistics.median(xs) if xs else None
 
 
+ROUNDS = {}  # (target, workload) -> {round: fio result}
+
+
 def collect(d):
     """{(target, workload): medians} and {(target, queues): [--stats of each round]}."""
     res, stats = {}, {}
     for path in glob.glob(os.path.join(d, "runs", "*.json")):
-        t, q, _r = os.path.basename(path)[:-5].split(".")
+        t, q, r = os.path.basename(path)[:-5].split(".")
         for w, fr in fio_jobs(path).items():
             res.setdefault((t, w), []).append(fr)
+            ROUNDS.setdefault((t, w), {})[int(r[1:])] = fr
         if t.startswith("aot-"):
             st = aot_stats(path[:-5] + ".err")
             if st:
@@ -158,13 +190,14 @@ def stats_lines(stats):
     for (t, q), sts in sorted(stats.items()):
         lp = [s["loops"] / s["ios"] for s in sts if s["ios"]]
         gcs = [sum((s["proc"] or {}).get(g, 0) for g in ("gc0", "gc1", "gc2")) for s in sts]
-        out.append("| {} | {} | {} | {:.3f} ({}) | {:,} | {} |".format(
-            LABEL[t], q[1:], len(sts), med(lp) if lp else 0, ", ".join(f"{x:.3f}" for x in lp),
-            max(s["alloc"] for s in sts), max(gcs) if gcs else "?"))
+        modes = sorted({s["mode"] for s in sts})
+        out.append("| {} | {} | {} | {} | {:.3f} ({}) | {:,} | {} | {:,} |".format(
+            LABEL.get(t, t), "/".join(modes), q[1:], len(sts), med(lp) if lp else 0, ", ".join(f"{x:.3f}" for x in lp),
+            max(s["alloc"] for s in sts), max(gcs) if gcs else "?", max(s["fallbacks"] for s in sts)))
     if not out:
         return ""
-    return "\n".join(["| server | queues | devices | loops/IO median (each) | max bytes allocated by queue threads | max GCs (all generations) |",
-                      "|---|--:|--:|--:|--:|--:|"] + out)
+    return "\n".join(["| server | io mode (stats) | queues | devices | loops/IO median (each) | max bytes allocated by queue threads | max GCs (all generations) | max reg_fallbacks |",
+                      "|---|---|--:|--:|--:|--:|--:|--:|"] + out)
 
 
 def fmt_ratio(a, b):
@@ -233,33 +266,272 @@ def strace_counts(path):
     return {"all": {"raw_syscalls:sys_enter": total, "syscalls:sys_enter_io_uring_enter": enter}}
 
 
+def thread_samples(path):
+    """io-wq workers and CPU from matrix.sh's thread sampler (FILE.threads).
+
+    Returns {"wq_max": most io-wq workers alive at one sample, "wq_tids": distinct
+    workers seen, "wq_ticks": their CPU (utime+stime ticks, last - first sample),
+    "proc_ticks": the whole thread group's CPU over the run, "hz": CLK_TCK} or None."""
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        return None
+    hz = 100
+    procs, first, last = [], {}, {}
+    for line in lines:
+        if line.startswith("clk_tck="):
+            hz = int(line.split("=", 1)[1] or 100)
+            continue
+        kind, _, rest = line.partition(" ")
+        _ts, _, stat = rest.partition(" ")
+        if ")" not in stat:
+            continue
+        head, _, tail = stat.rpartition(")")
+        tid, _, comm = head.partition(" (")
+        f = tail.split()
+        try:
+            ticks = int(f[11]) + int(f[12])  # fields 14, 15: utime, stime
+        except (IndexError, ValueError):
+            continue
+        if kind == "P":
+            procs.append(ticks)
+        elif kind == "T" and comm.startswith("iou-wrk"):
+            first.setdefault(tid, ticks)
+            last[tid] = ticks
+    # One pass over /proc/PID/task takes a few ms: group by pass, not by timestamp.
+    passes, cur, prev = [], set(), None
+    for line in lines:
+        if line.startswith("T ") and "(iou-wrk" in line:
+            ts = float(line.split()[1])
+            if prev is not None and ts - prev > 0.2:
+                passes.append(cur); cur = set()
+            cur.add(line.split()[2]); prev = ts
+    if cur:
+        passes.append(cur)
+    return {"wq_max": max((len(x) for x in passes), default=0), "wq_tids": len(first),
+            "wq_ticks": sum(last[t] - first[t] for t in first),
+            "proc_ticks": procs[-1] - procs[0] if len(procs) >= 2 else None, "hz": hz}
+
+
+WL_LABEL = {w: l for w, l, _b in WORKLOADS}
+
+
+def syscall_runs(d):
+    """[(target, workload label, prefix)] of extra/sys.* runs, in a stable order."""
+    runs = []
+    for path in sorted(glob.glob(os.path.join(d, "extra", "sys.*.json"))):
+        name = os.path.basename(path)[4:-5]
+        if name.endswith(".prefill"):
+            continue
+        t, _, w = name.partition(".")
+        if re.fullmatch(r"qd\d+", w):
+            wl = f"4k randread QD{w[2:]}"
+        else:
+            wl = WL_LABEL.get(w, w)
+        order = (TARGETS.index(t) if t in TARGETS else 99, [x[0] for x in WORKLOADS].index(w) if w in WL_LABEL else 0)
+        runs.append((order, t, wl, path[:-5]))
+    return [(t, wl, pre) for _o, t, wl, pre in sorted(runs)]
+
+
 def syscalls_table(d):
     rows = []
-    for t in ("aot-null", "kublk-null", "aot-file", "aot-file-fixed", "kublk-loop"):
-        for qd in (1, 64):
-            pre = os.path.join(d, "extra", f"sys.{t}.qd{qd}")
-            fr = fio_result(pre + ".json")
-            if fr is None:
-                continue
-            tool = open(pre + ".tool").read().strip() if os.path.exists(pre + ".tool") else "none"
-            per = perf_counts(pre + ".perf") if tool == "perf" else strace_counts(pre + ".strace") if tool == "strace" else None
-            if not per:
-                continue
-            allsys = sum(v.get("raw_syscalls:sys_enter", 0) for v in per.values())
-            enter = sum(v.get("syscalls:sys_enter_io_uring_enter", 0) for v in per.values())
-            busiest = max(per.items(), key=lambda kv: kv[1].get("raw_syscalls:sys_enter", 0))
-            cpu_ms = sum(v.get("task-clock", 0) for v in per.values())
-            cpu = f"{cpu_ms * 1000 / fr['ios']:.1f}" if cpu_ms else "–"
-            st = aot_stats(pre + ".err") if t.startswith("aot-") else None
-            lp = f"{st['loops'] / st['ios']:.3f}" if st and st["ios"] else ""
-            rows.append("| {} | {} | {:,.0f} | {:,.0f} | {:,.0f} | {:.3f} | {:.3f} | {} | {} | {} |".format(
-                LABEL[t], f"4k randread QD{qd}", fr["iops"], fr["ios"], allsys, allsys / fr["ios"],
-                enter / fr["ios"], lp, cpu,
-                f"{tool}; busiest thread {busiest[0]}: {busiest[1].get('raw_syscalls:sys_enter', 0):,.0f}"))
+    for t, wl, pre in syscall_runs(d):
+        fr = fio_result(pre + ".json")
+        if fr is None:
+            continue
+        tool = open(pre + ".tool").read().strip() if os.path.exists(pre + ".tool") else "none"
+        per = perf_counts(pre + ".perf") if tool == "perf" else strace_counts(pre + ".strace") if tool == "strace" else None
+        if not per:
+            continue
+        ios = fr["ios"]
+
+        def tot(ev, sel=lambda th: True):
+            return sum(v.get(ev, 0) for th, v in per.items() if sel(th))
+        allsys = tot("raw_syscalls:sys_enter")
+        enter = tot("syscalls:sys_enter_io_uring_enter")
+        prw = tot("syscalls:sys_enter_pread64") + tot("syscalls:sys_enter_pwrite64")
+        punts = tot("io_uring:io_uring_queue_async_work")
+        has_punts = any("io_uring:io_uring_queue_async_work" in v for v in per.values())
+        wq = lambda th: th.startswith("iou-wrk")
+        cpu_ms = tot("task-clock")
+        wq_ms = tot("task-clock", wq)
+        ts = thread_samples(pre + ".threads")
+        proc = "–"
+        if ts and ts["proc_ticks"] is not None:
+            proc = f"{ts['proc_ticks'] * 1e6 / ts['hz'] / ios:.1f}"
+        wqs = f"{ts['wq_max']} ({ts['wq_tids']})" if ts else "–"
+        st = aot_stats(pre + ".err") if t.startswith("aot-") else None
+        lp = f"{st['loops'] / st['ios']:.3f}" if st and st["ios"] else ""
+        rows.append("| {} | {} | {:,.0f} | {:,.0f} | {:.3f} | {:.3f} | {:.3f} | {} | {} | {} | {} | {} | {} | {} |".format(
+            LABEL.get(t, t), wl, fr["iops"], ios, allsys / ios, enter / ios, prw / ios,
+            f"{punts / ios:.3f}" if has_punts else "–", lp,
+            f"{cpu_ms * 1000 / ios:.1f}" if cpu_ms else "–", f"{wq_ms * 1000 / ios:.1f}", proc, wqs, tool))
     if not rows:
         return ""
-    return "\n".join(["| server | workload | IOPS | I/Os | syscalls | syscalls/IO | io_uring_enter/IO | loops/IO (--stats) | server CPU µs/IO | counted with |",
-                      "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"] + rows)
+    return "\n".join(["| server | workload | IOPS | I/Os | syscalls/IO | io_uring_enter/IO | pread+pwrite/IO | io-wq punts/IO | loops/IO (--stats) | server CPU µs/IO (perf) | of it io-wq workers µs/IO | process CPU µs/IO (/proc) | io-wq workers: most at once (distinct) | counted with |",
+                      "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"] + rows)
+
+
+def per_round(t, w, f):
+    return {r: x[f] for r, x in ROUNDS.get((t, w), {}).items()}
+
+
+def ratio_rounds(a, b, w, f):
+    """Per-round ratios a/b (same round of one boot) and their median."""
+    ra, rb = per_round(a, w, f), per_round(b, w, f)
+    rs = [ra[r] / rb[r] for r in sorted(ra) if r in rb and rb[r]]
+    return (statistics.median(rs) if rs else None), rs
+
+
+def fmt_rr(med_r, rs):
+    if med_r is None:
+        return "–"
+    return f"{med_r:.2f}x" + (f" ({' / '.join(f'{x:.2f}' for x in rs)})" if len(rs) > 1 else "")
+
+
+def wide_tables(agg, rounds):
+    """The io-mode matrix: throughput of every target, then ublk-aot's ratios."""
+    only = [t for t in MODE_TARGETS if t not in ("kublk-null", "kublk-loop", "nullblk", "loop")]
+    if not any(k[0] in only for k in agg):
+        return ""  # a run of the old targets: the long table
+    wls = [(w, l, big) for w, l, big in WORKLOADS if any((t, w) in agg for t in MODE_TARGETS)]
+    if not wls:
+        return ""
+    short = {"rr4k-qd1": "4k rr QD1", "rr4k-qd64": "4k rr QD64", "rw4k-qd1": "4k rw QD1", "rw4k-qd64": "4k rw QD64",
+             "rr4k-qd128-2q": "4k rr QD128 2q", "sr128k-qd16": "128k sr QD16 MB/s", "sw128k-qd16": "128k sw QD16 MB/s"}
+    out = ["Throughput (IOPS; 128k columns MB/s), median of the rounds:", "",
+           "| target | " + " | ".join(short.get(w, w) for w, _l, _b in wls) + " |",
+           "|---|" + "--:|" * len(wls)]
+    for t in MODE_TARGETS:
+        cells, any_ = [], False
+        for w, _l, big in wls:
+            a = agg.get((t, w))
+            if a is None:
+                cells.append("–")
+                continue
+            any_ = True
+            v = a["mbs"] if big else a["iops"]
+            cells.append(f"{v:,.0f}" + ("" if a["n"] >= rounds else f" (n={a['n']})"))
+        if any_:
+            out.append(f"| {LABEL.get(t, t)} | " + " | ".join(cells) + " |")
+    out += ["", "ublk-aot ÷ kublk in the same mode (k) and ÷ the kernel device (n: null_blk for null and mem, "
+            "loop with direct I/O for file); medians of the per-round ratios:", "",
+            "| target | kublk ref | " + " | ".join(short.get(w, w) for w, _l, _b in wls) + " |",
+            "|---|---|" + "--:|" * len(wls)]
+    for t in AOT_MODE_TARGETS:
+        if not any((t, w) in agg for w, _l, _b in wls):
+            continue
+        cells = []
+        for w, _l, big in wls:
+            f = "mbs" if big else "iops"
+            k, _ = ratio_rounds(t, KUBLK_REF[t], w, f)
+            n, _ = ratio_rounds(t, KERNEL_REF[t], w, f)
+            cells.append(("k " + (f"{k:.2f}" if k is not None else "–")) + " / " + ("n " + (f"{n:.2f}" if n is not None else "–")))
+        out.append(f"| {LABEL[t]} | {LABEL.get(KUBLK_REF[t], KUBLK_REF[t])} | " + " | ".join(cells) + " |")
+    # kublk's own modes against the kernel device, for reference.
+    out += ["", "kublk ÷ the kernel device, same boot:", "",
+            "| target | " + " | ".join(short.get(w, w) for w, _l, _b in wls) + " |",
+            "|---|" + "--:|" * len(wls)]
+    for t in KUBLK_MODE_TARGETS:
+        if not any((t, w) in agg for w, _l, _b in wls):
+            continue
+        cells = []
+        for w, _l, big in wls:
+            n, _ = ratio_rounds(t, KERNEL_REF[t], w, "mbs" if big else "iops")
+            cells.append(f"{n:.2f}" if n is not None else "–")
+        out.append(f"| {LABEL[t]} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def batch_ab(agg):
+    """kublk with -b (UBLK_F_BATCH_IO) against kublk without, same boot."""
+    rows = []
+    for k in ("null", "loop"):
+        a, b = f"kublk-{k}-b", f"kublk-{k}"
+        for w, l, big in WORKLOADS:
+            if (a, w) not in agg or (b, w) not in agg:
+                continue
+            f = "mbs" if big else "iops"
+            m, rs = ratio_rounds(a, b, w, f)
+            rows.append("| kublk {} | {} | {:,.0f} | {:,.0f} | {} | {:.0f} / {:.0f} |".format(
+                k, l, agg[(b, w)][f], agg[(a, w)][f], fmt_rr(m, rs), agg[(b, w)]["p50"], agg[(a, w)]["p50"]))
+    if not rows:
+        return ""
+    return "\n".join(["| server | workload | without -b | with -b | -b ÷ without (per round) | p50 µs without / with |",
+                       "|---|---|--:|--:|--:|--:|"] + rows)
+
+
+def targets_check(agg):
+    """The issue's targets (issue 11 item 5), met or missed, with the numbers."""
+    out = []
+
+    def have(t, w):
+        return (t, w) in agg
+
+    def best_file(w, f):
+        c = [(agg[(t, w)][f], t) for t in ("aot-file-copy", "aot-file-uc", "aot-file-zc", "aot-file-abr") if have(t, w)]
+        return max(c)[1] if c else None
+
+    def verdict(m, rs, goal):
+        if m is None:
+            return "not measured"
+        held = sum(1 for x in rs if x >= goal)
+        return ("**met**" if m >= goal else "**missed**") + f" (median {m:.2f}x; {held} of {len(rs)} rounds ≥ {goal}x)"
+
+    for w in ("sr128k-qd16", "sw128k-qd16"):
+        bt = best_file(w, "mbs")
+        if not bt:
+            continue
+        for ref, goal in (("loop", 0.8), (KUBLK_REF[bt], 1.2)):
+            m, rs = ratio_rounds(bt, ref, w, "mbs")
+            out.append(f"- file, best mode at {WL_LABEL[w]} ({LABEL[bt]}, {agg[(bt, w)]['mbs']:,.0f} MB/s) ≥ {goal}x "
+                       f"{LABEL.get(ref, ref)} ({agg[(ref, w)]['mbs'] if have(ref, w) else 0:,.0f} MB/s): "
+                       f"{verdict(m, rs, goal)}; per round {fmt_rr(m, rs)}")
+        # The same row for every file mode against kublk in that mode.
+        cells = []
+        for t in ("aot-file-copy", "aot-file-uc", "aot-file-zc", "aot-file-abr"):
+            if have(t, w) and have(KUBLK_REF[t], w):
+                m, rs = ratio_rounds(t, KUBLK_REF[t], w, "mbs")
+                n, _ = ratio_rounds(t, "loop", w, "mbs")
+                cells.append(f"{MODES_WORD[t]} {m:.2f}x kublk / {n:.2f}x loop" if m is not None and n is not None else f"{MODES_WORD[t]} –")
+        if cells:
+            out.append(f"  - every file mode at {WL_LABEL[w]}: " + "; ".join(cells))
+    for w in ("rr4k-qd64", "rw4k-qd64"):
+        bt = best_file(w, "iops")
+        if not bt:
+            continue
+        m, rs = ratio_rounds(bt, "loop", w, "iops")
+        auto = ""
+        if have("aot-file-abr", w) and bt != "aot-file-abr":
+            ma, rsa = ratio_rounds("aot-file-abr", "loop", w, "iops")
+            auto = f"; auto's pick on 7.3 (auto-buf-reg): {fmt_rr(ma, rsa)}"
+        out.append(f"- file {WL_LABEL[w]} ≥ 1.0x kernel loop: best mode {LABEL[bt]} "
+                   f"({agg[(bt, w)]['iops']:,.0f} vs {agg[('loop', w)]['iops'] if have('loop', w) else 0:,.0f} IOPS): "
+                   f"{verdict(m, rs, 1.0)}; per round {fmt_rr(m, rs)}{auto}")
+    misses, n_rows = [], 0
+    for t in ("aot-null-copy", "aot-null-uc", "aot-null-zc", "aot-null-abr"):
+        for w, l, big in WORKLOADS:
+            f = "mbs" if big else "iops"
+            if not (have(t, w) and have(KUBLK_REF[t], w)):
+                continue
+            n_rows += 1
+            m, rs = ratio_rounds(t, KUBLK_REF[t], w, f)
+            if m is not None and m < 1.0:
+                misses.append(f"{MODES_WORD[t]} {l} {fmt_rr(m, rs)}")
+    if n_rows:
+        out.append(f"- null ≥ 1.0x kublk in every mode and row: " +
+                   ("**met** in all {} rows".format(n_rows) if not misses else
+                    f"**missed** in {len(misses)} of {n_rows} rows: " + "; ".join(misses)))
+    for w in ("sr128k-qd16", "sw128k-qd16"):
+        for mt, nt in (("aot-mem-uc", "aot-null-uc"), ("aot-mem-copy", "aot-null-copy")):
+            if have(mt, w) and have(nt, w):
+                m, rs = ratio_rounds(mt, nt, w, "mbs")
+                out.append(f"- mem at {WL_LABEL[w]} ≥ 0.5x null ({LABEL[mt]} {agg[(mt, w)]['mbs']:,.0f} MB/s vs "
+                           f"{LABEL[nt]} {agg[(nt, w)]['mbs']:,.0f} MB/s): {verdict(m, rs, 0.5)}; per round {fmt_rr(m, rs)}")
+    return "\n".join(out)
+
+
+MODES_WORD = {t: LABEL[t].split()[-1] for t in AOT_MODE_TARGETS}
 
 
 def gc_line(d):
@@ -331,21 +603,40 @@ def render(d):
     ctx = [c for c in ctx if c]
     if ctx:
         lines += ["", "; ".join(ctx) + "."]
-    lines += ["", results_table(agg, rounds), ""]
+    wide = wide_tables(agg, rounds)
+    old = [t for t in TARGETS if t not in MODE_TARGETS and any(k[0] == t for k in agg)]
+    if wide:
+        lines += ["", wide, "", "Latencies are in the raw fio JSON of the run (p50/p99 of fio's total latency); "
+                  "MB/s are 10^6 bytes."]
+        lines.append("")
+        if old:  # old target names in the same run: the long table of those alone
+            keep = {k: v for k, v in agg.items() if k[0] in old or k[0] in ("kublk-null", "kublk-loop", "nullblk", "loop")}
+            lines += [results_table(keep, rounds), ""]
+    else:
+        lines += ["", results_table(agg, rounds), ""]
     lat = {"lat": "fio's total latency per I/O (submission to completion)",
            "clat": "fio's completion latency (clat: without the submission part)"}
-    lines.append("vs kublk: throughput ÷ kublk's on the same workload (null for null/mem, loop for file); "
-                 "vs kernel: ÷ null_blk (null, mem) or loop with direct I/O (file). "
-                 "Latencies: " + (" / ".join(lat[k] for k in sorted(LAT_KINDS)) or "none") + ", "
-                 "median over rounds of each round's percentile; 128k rows show MB/s (10^6 bytes). "
-                 "(n=…) marks figures with fewer samples than rounds.")
+    if not wide or old:
+        lines.append("vs kublk: throughput ÷ kublk's on the same workload (null for null/mem, loop for file); "
+                     "vs kernel: ÷ null_blk (null, mem) or loop with direct I/O (file). "
+                     "Latencies: " + (" / ".join(lat[k] for k in sorted(LAT_KINDS)) or "none") + ", "
+                     "median over rounds of each round's percentile; 128k rows show MB/s (10^6 bytes). "
+                     "(n=…) marks figures with fewer samples than rounds.")
     sl = stats_lines(stats)
     if sl:
         lines += ["", "ublk-aot `--stats` of the devices above (one device per target, round and queue count, "
                   "serving the whole matrix; loops = queue-loop iterations, one io_uring_enter each):", "", sl]
     sc = syscalls_table(d)
     if sc:
-        lines += ["", "Server syscalls and CPU time (perf task-clock) during one 5 s fio run (no ramp), all threads of the server process:", "", sc]
+        lines += ["", "Server syscalls and CPU time during one 5 s fio run (no ramp), all threads of the server process "
+                  "(perf stat --per-thread: syscalls, task-clock; io-wq workers are the `iou-wrk-*` threads; "
+                  "process CPU from /proc/PID/stat before and after, at CLK_TCK resolution, io-wq workers included):", "", sc]
+    tc = targets_check(agg)
+    if tc:
+        lines += ["", "Targets (issue 11 item 5); per-round ratios are of the same round, i.e. devices measured minutes apart in one boot:", "", tc]
+    ba = batch_ab(agg)
+    if ba:
+        lines += ["", "Batch I/O A/B (kublk `-b`, UBLK_F_BATCH_IO, against kublk's copy mode, same boot):", "", ba]
     g = gc_line(d)
     if g:
         lines += ["", "GC: " + g]
