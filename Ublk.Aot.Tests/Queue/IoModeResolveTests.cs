@@ -9,7 +9,8 @@ public sealed class IoModeResolveTests
     private const ulong Trixie612 = 0x1fe;       // GET_FEATURES on 6.12.117
     private const ulong Backports73 = 0x1fffff;  // GET_FEATURES on 7.3.4
     private static readonly IoMode[] File = [IoMode.AutoBufReg, IoMode.ZeroCopy, IoMode.Copy, IoMode.UserCopy];
-    private static readonly IoMode[] Mem = [IoMode.UserCopy, IoMode.Copy];
+    private static readonly IoMode[] Null = [IoMode.UserCopy, IoMode.Copy, IoMode.ZeroCopy, IoMode.AutoBufReg];
+    private static readonly IoMode[] Mem = [IoMode.Copy, IoMode.UserCopy];
 
     private static IoMode? Resolve(IoMode m, IoMode[] modes, ulong features, bool fixedBuffers, out string? error)
         => IoModes.Resolve(m, modes, "file:x", features, fixedBuffers, "6.12.117", out error);
@@ -27,8 +28,9 @@ public sealed class IoModeResolveTests
 
     [Theory]
     [InlineData(Trixie612, IoMode.UserCopy)]
+    [InlineData(Backports73, IoMode.UserCopy)]
     [InlineData(0x40UL, IoMode.Copy)] // before 6.5: no USER_COPY
-    public void Auto_for_mem(ulong features, IoMode expect) => Assert.Equal(expect, Resolve(IoMode.Auto, Mem, features, false, out _));
+    public void Auto_for_null(ulong features, IoMode expect) => Assert.Equal(expect, Resolve(IoMode.Auto, Null, features, false, out _));
 
     [Fact]
     public void Refusals_name_what_is_missing()
@@ -38,7 +40,7 @@ public sealed class IoModeResolveTests
         Assert.Null(Resolve(IoMode.AutoBufReg, File, Trixie612, false, out e));
         Assert.Contains("needs UBLK_F_SUPPORT_ZERO_COPY + UBLK_F_AUTO_BUF_REG", e);
         Assert.Null(Resolve(IoMode.ZeroCopy, Mem, Backports73, false, out e));
-        Assert.Equal("--io-mode zero-copy: the file:x backend cannot use it (it has user-copy, copy)", e);
+        Assert.Equal("--io-mode zero-copy: the file:x backend cannot use it (it has copy, user-copy)", e);
         Assert.Null(Resolve(IoMode.ZeroCopy, File, Backports73, true, out e));
         Assert.Contains("--fixed-buffers", e);
         Assert.Equal(IoMode.UserCopy, Resolve(IoMode.UserCopy, File, Trixie612, false, out _));

@@ -99,8 +99,11 @@ public sealed class MemSpec(ulong size) : LeafSpec<MemBackend>
     public override BackendCaps Caps => new()
     {
         Size = Size, Discard = true, WriteZeroes = true, DiscardGranularity = 4096, DataDiesWithServer = true,
-        // User copy first: one copy instead of two. No zero copy: the data must pass through the store's pages.
-        IoModes = [IoMode.UserCopy, IoMode.Copy],
+        // Copy first, though user copy makes one copy instead of two: the kernel runs every read and write on
+        // /dev/ublkcN in an io-wq worker (the file has no FMODE_NOWAIT, so io_uring punts it), and that hop cost more
+        // than the second copy at every size (7.3.4, docs/benchmarks.md: 0.999 punts per request; 128k reads 0.28x
+        // null in user copy, 0.66x in copy). No zero copy: the data must pass through the store's pages.
+        IoModes = [IoMode.Copy, IoMode.UserCopy],
     };
     protected override MemBackend Make() => new(Store);
 
