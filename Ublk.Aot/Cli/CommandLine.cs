@@ -376,8 +376,7 @@ public static class CommandLine
     {
         string feature = UblkDevice.MissingFeatures(0, flag);
         if ((ctrl.Features & flag) == 0)
-            return "ublk device " + id + " " + what + ": that needs " + feature + ", which this kernel (" + UblkDevice.KernelRelease() +
-                ", ublk features 0x" + ctrl.Features.ToString("x", CultureInfo.InvariantCulture) + ") does not have";
+            return "ublk device " + id + " " + what + ": that needs " + feature + UblkDevice.NotInKernel(ctrl.Features);
         return "ublk device " + id + " " + what + ": it was created without " + feature + " (by a server that did not ask for it)";
     }
 

@@ -88,8 +88,7 @@ public static class IoModes
         ulong want = Flags(requested);
         if ((kernelFeatures & want) != want)
         {
-            error = "--io-mode " + Name(requested) + " needs " + FeatureList(want & ~kernelFeatures) + ", which this kernel (" + kernelRelease +
-                    ", ublk features 0x" + kernelFeatures.ToString("x") + ") does not have";
+            error = "--io-mode " + Name(requested) + " needs " + FeatureList(want & ~kernelFeatures) + UblkDevice.NotInKernel(kernelFeatures, kernelRelease);
             return null;
         }
         return requested;

@@ -59,24 +59,18 @@ public sealed class UblkDevice : IDisposable
         string? err = o.Validate() ?? o.ValidateFor(caps);
         if (err != null) throw new UblkException(err, Errno.EINVAL);
         ulong recovery = DeviceOptions.RecoveryFlags(o.Recovery);
-        if ((ctrl.Features & recovery) != recovery)
-            throw new UblkException("--recovery " + DeviceOptions.RecoveryName(o.Recovery) + " needs " + MissingFeatures(ctrl.Features, recovery) +
-                ", which this kernel (" + KernelRelease() + ", ublk features 0x" + ctrl.Features.ToString("x") + ") does not have", Errno.EOPNOTSUPP);
+        RequireFeatures(ctrl, "--recovery " + DeviceOptions.RecoveryName(o.Recovery), recovery);
         // A recoverable device can also be handed over without a failed request (QUIESCE_DEV, 7.x) where the kernel
         // has it; without it an upgrade takes the crash path, which REISSUE makes error-free as well.
         if (recovery != 0) recovery |= ctrl.Features & UBLK_F_QUIESCE;
         if (o.IoMode == IoMode.Auto) o.IoMode = IoModes.Resolve(IoMode.Auto, caps.Modes, "", ctrl.Features, o.FixedBuffers, "", out _)!.Value;
         ulong ioFlags = IoModes.Flags(o.IoMode);
-        if ((ctrl.Features & ioFlags) != ioFlags)
-            throw new UblkException("--io-mode " + IoModes.Name(o.IoMode) + " needs " + MissingFeatures(ctrl.Features, ioFlags) +
-                ", which this kernel (" + KernelRelease() + ", ublk features 0x" + ctrl.Features.ToString("x") + ") does not have", Errno.EOPNOTSUPP);
+        RequireFeatures(ctrl, "--io-mode " + IoModes.Name(o.IoMode), ioFlags);
         // Live resize (UPDATE_SIZE) and a stop that refuses while the disk is open (TRY_STOP_DEV), where the kernel has them.
         ulong optional = ctrl.Features & (UBLK_F_UPDATE_SIZE | UBLK_F_SAFE_STOP_DEV);
         // --no-partition-scan: required, so refused on a kernel without it (6.12 would drop the flag silently).
         ulong partScan = o.NoPartitionScan ? UBLK_F_NO_AUTO_PART_SCAN : 0;
-        if ((ctrl.Features & partScan) != partScan)
-            throw new UblkException("--no-partition-scan needs " + MissingFeatures(ctrl.Features, partScan) + ", which this kernel (" + KernelRelease() +
-                ", ublk features 0x" + ctrl.Features.ToString("x") + ") does not have", Errno.EOPNOTSUPP);
+        RequireFeatures(ctrl, "--no-partition-scan", partScan);
 
         ublksrv_ctrl_dev_info info = default;
         info.nr_hw_queues = (ushort)o.Queues;
@@ -192,6 +186,17 @@ public sealed class UblkDevice : IDisposable
     }
 
     internal static string MissingFeatures(ulong have, ulong want) => IoModes.FeatureList(want & ~have);
+
+    /// <summary>", which this kernel (RELEASE, ublk features 0x…) does not have": the one wording of a missing feature.</summary>
+    public static string NotInKernel(ulong features, string? release = null)
+        => ", which this kernel (" + (release ?? KernelRelease()) + ", ublk features 0x" + features.ToString("x", System.Globalization.CultureInfo.InvariantCulture) + ") does not have";
+
+    /// <summary>Refuses <paramref name="what"/> (an option) in one line if the kernel lacks any of <paramref name="want"/>.</summary>
+    private static void RequireFeatures(UblkControl ctrl, string what, ulong want)
+    {
+        if ((ctrl.Features & want) != want)
+            throw new UblkException(what + " needs " + MissingFeatures(ctrl.Features, want) + NotInKernel(ctrl.Features), Errno.EOPNOTSUPP);
+    }
 
     /// <summary>The running kernel's release, for messages.</summary>
     public static string KernelRelease()

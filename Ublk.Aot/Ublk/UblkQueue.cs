@@ -37,17 +37,15 @@ public abstract unsafe class UblkQueue
     private readonly TagBuffers? _tagBuffers;
     private protected IoUring? _ring;
     internal QueueStats _stats;
-    private protected readonly bool _ioctlEncoding;
     // Zero copy: tags whose request pages this queue installed itself (REGISTER_IO_BUF), to be removed before the commit.
     private protected readonly bool[] _manualReg;
     private byte* _zeroes; // MaxIoBytes of zeros, made on first use (write-zeroes where the file system cannot)
 
-    protected UblkQueue(in QueueGeometry geometry, BufferStrategy buffers, bool ioctlEncoding = false)
+    protected UblkQueue(in QueueGeometry geometry, BufferStrategy buffers)
     {
         _geometry = geometry;
         BufferStrategy = buffers;
         _tagBuffers = buffers as TagBuffers;
-        _ioctlEncoding = ioctlEncoding;
         _manualReg = IoModes.IsZeroCopy(geometry.Mode) ? new bool[geometry.Depth] : [];
     }
 
@@ -64,6 +62,19 @@ public abstract unsafe class UblkQueue
     /// </summary>
     public ulong UserCopyOffset(ushort tag)
         => (ulong)UBLKSRV_IO_BUF_OFFSET + ((ulong)QueueId << UBLK_QID_OFF) + ((ulong)tag << UBLK_TAG_OFF);
+
+    /// <summary>
+    /// User copy: fills <paramref name="sqe"/> to move <paramref name="length"/> bytes between user memory at
+    /// <paramref name="addr"/> and tag <paramref name="tag"/>'s request, <paramref name="done"/> bytes in: a write on
+    /// /dev/ublkcN fills a READ's request (<paramref name="intoRequest"/>), a read empties a WRITE's.
+    /// </summary>
+    public void PrepUserCopy(ref io_uring_sqe sqe, ushort tag, bool intoRequest, ulong addr, uint length, uint done)
+    {
+        ulong at = UserCopyOffset(tag) + done;
+        if (intoRequest) IoUring.PrepWrite(ref sqe, CharFileIndex, addr, length, at);
+        else IoUring.PrepRead(ref sqe, CharFileIndex, addr, length, at);
+        sqe.flags = IoUringConst.IOSQE_FIXED_FILE;
+    }
 
     /// <summary>
     /// Zero copy: the request of <paramref name="tag"/> needs its pages installed by this queue before the backend's
@@ -200,6 +211,7 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
     private readonly int _charFd;
     private readonly int[] _cpus;
     private readonly int[] _extraFiles;
+    private readonly bool _useIoctl;
     private TBackend _backend;
     private Thread? _thread;
     private Exception? _failure;
@@ -235,13 +247,14 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
 
     public UblkQueue(in QueueGeometry geometry, BufferStrategy buffers, int charFd, int[] cpus, int[] extraFiles,
         TBackend backend, bool ioctlEncoding, int fetchTags = -1)
-        : base(geometry, buffers, ioctlEncoding)
+        : base(geometry, buffers)
     {
         _fetchTags = fetchTags < 0 ? geometry.Depth : Math.Min(fetchTags, geometry.Depth);
         _charFd = charFd;
         _cpus = cpus;
         _extraFiles = extraFiles;
         _backend = backend;
+        _useIoctl = ioctlEncoding;
         TimeSpan idle = buffers.IdleRelease;
         _idleNs = idle > TimeSpan.Zero ? Math.Max(idle.Ticks * 100, 1_000_000) : 0;
     }
@@ -539,8 +552,8 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
         ref io_uring_sqe sqe = ref NextSqe();
         if (Unsafe.IsNullRef(ref sqe)) { _stats.Errors++; return; }
         uint op = kind == QueueOp.Fetch
-            ? (_ioctlEncoding ? UBLK_U_IO_FETCH_REQ : UBLK_IO_FETCH_REQ)
-            : (_ioctlEncoding ? UBLK_U_IO_COMMIT_AND_FETCH_REQ : UBLK_IO_COMMIT_AND_FETCH_REQ);
+            ? (_useIoctl ? UBLK_U_IO_FETCH_REQ : UBLK_IO_FETCH_REQ)
+            : (_useIoctl ? UBLK_U_IO_COMMIT_AND_FETCH_REQ : UBLK_IO_COMMIT_AND_FETCH_REQ);
         IoUring.PrepUringCmd(ref sqe, 0, op);           // fd 0 = /dev/ublkcN in the fixed-file table
         sqe.flags = IoUringConst.IOSQE_FIXED_FILE;
         sqe.user_data = UserData.ForQueue(kind, tag);

@@ -123,11 +123,7 @@ public struct FileBackend(BackingFile file) : IBackend
     private static int IssueCopy(UblkQueue queue, ushort tag, ref IoState s)
     {
         ref io_uring_sqe sqe = ref queue.GetTargetSqe(tag, SubCopy);
-        ulong addr = queue.Buffers!.Address(tag) + s.Copied;
-        ulong at = queue.UserCopyOffset(tag) + s.Copied;
-        if (s.Op == UBLK_IO_OP_READ) IoUring.PrepWrite(ref sqe, UblkQueue.CharFileIndex, addr, s.Length - s.Copied, at);
-        else IoUring.PrepRead(ref sqe, UblkQueue.CharFileIndex, addr, s.Length - s.Copied, at);
-        sqe.flags = IOSQE_FIXED_FILE;
+        queue.PrepUserCopy(ref sqe, tag, s.Op == UBLK_IO_OP_READ, queue.Buffers!.Address(tag) + s.Copied, s.Length - s.Copied, s.Copied);
         return Backend.Pending;
     }
 

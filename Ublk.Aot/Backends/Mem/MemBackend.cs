@@ -63,11 +63,7 @@ public struct MemBackend(MemStore store) : IBackend
     private readonly int IssueCopy(UblkQueue queue, ushort tag, ref Copy c)
     {
         ref io_uring_sqe sqe = ref queue.GetTargetSqe(tag, 0);
-        ulong addr = _store.Address(c.Offset + c.Done);
-        ulong at = queue.UserCopyOffset(tag) + c.Done;
-        if (c.Read) IoUring.PrepWrite(ref sqe, UblkQueue.CharFileIndex, addr, c.Length - c.Done, at);
-        else IoUring.PrepRead(ref sqe, UblkQueue.CharFileIndex, addr, c.Length - c.Done, at);
-        sqe.flags = IoUringConst.IOSQE_FIXED_FILE;
+        queue.PrepUserCopy(ref sqe, tag, c.Read, _store.Address(c.Offset + c.Done), c.Length - c.Done, c.Done);
         return Backend.Pending;
     }
 
