@@ -1,4 +1,5 @@
 using System;
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Threading;
@@ -9,11 +10,21 @@ using static Ublk.Aot.Abi.UblkConst;
 
 namespace Ublk.Aot.Ublk;
 
-/// <summary>Per-queue counters, written only by the queue thread.</summary>
+/// <summary>
+/// Per-queue counters, written only by the queue thread (plain increments: one writer, so no lock or interlocked
+/// operation per I/O). Another thread (`ublk-aot stats`, /metrics) reads them live through
+/// <see cref="UblkQueue.Snapshot"/>: each field is a 64-bit aligned long, so no single value is ever torn, but the
+/// snapshot as a whole is not atomic (a request may be counted in Reads and not yet in InFlight, a latency bucket
+/// may be a step ahead of SumNs). That is acceptable for monitoring; exact totals are the ones printed at exit.
+/// </summary>
 public struct QueueStats
 {
     public long Reads, Writes, Flushes, Discards, WriteZeroes, Other, Errors;
     public long BytesRead, BytesWritten;
+    /// <summary>Requests received from the kernel and not yet committed.</summary>
+    public long InFlight;
+    /// <summary>Arrival-to-commit latency of every committed request (empty with UBLK_AOT_NO_LATENCY=1).</summary>
+    public LatencyHistogram Latency;
     public long LoopIterations;
     /// <summary>Times the queue, idle, gave its buffer pages back (see <see cref="DeviceOptions.IdleRelease"/>).</summary>
     public long IdleReleases;
@@ -146,6 +157,37 @@ public abstract unsafe class UblkQueue
     public QueueGeometry Geometry => _geometry;
     public QueueStats Stats => _stats;
 
+    /// <summary>
+    /// The counters as another thread sees them while the queue runs: every field read once, as one aligned 64-bit
+    /// load (Volatile.Read, so the compiler cannot merge or tear it). Not an atomic snapshot (see <see cref="QueueStats"/>).
+    /// </summary>
+    public QueueStats Snapshot()
+    {
+        ref QueueStats s = ref _stats;
+        QueueStats r = default;
+        r.Reads = Volatile.Read(ref s.Reads);
+        r.Writes = Volatile.Read(ref s.Writes);
+        r.Flushes = Volatile.Read(ref s.Flushes);
+        r.Discards = Volatile.Read(ref s.Discards);
+        r.WriteZeroes = Volatile.Read(ref s.WriteZeroes);
+        r.Other = Volatile.Read(ref s.Other);
+        r.Errors = Volatile.Read(ref s.Errors);
+        r.BytesRead = Volatile.Read(ref s.BytesRead);
+        r.BytesWritten = Volatile.Read(ref s.BytesWritten);
+        r.InFlight = Volatile.Read(ref s.InFlight);
+        r.LoopIterations = Volatile.Read(ref s.LoopIterations);
+        r.IdleReleases = Volatile.Read(ref s.IdleReleases);
+        r.RegFallbacks = Volatile.Read(ref s.RegFallbacks);
+        r.RegFailures = Volatile.Read(ref s.RegFailures);
+        r.AllocatedBytes = Volatile.Read(ref s.AllocatedBytes);
+        r.Gen0Collections = Volatile.Read(ref s.Gen0Collections);
+        r.Cpu = Volatile.Read(ref s.Cpu);
+        for (int i = 0; i < LatencyHistogram.BucketCount; i++) r.Latency.Buckets[i] = Volatile.Read(ref s.Latency.Buckets[i]);
+        r.Latency.SumNs = Volatile.Read(ref s.Latency.SumNs);
+        r.Latency.MaxNs = Volatile.Read(ref s.Latency.MaxNs);
+        return r;
+    }
+
     /// <summary>How request data meets user memory on this queue.</summary>
     public BufferStrategy BufferStrategy { get; }
 
@@ -239,6 +281,12 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
     private volatile bool _endedClean;
     private readonly int _fetchTags; // tags given a FETCH at start: Depth, fewer only under a test hook
 
+    // Latency: the Stopwatch timestamp of each tag's request when it arrived (one clock read at arrival, one at the
+    // commit; none at all with UBLK_AOT_NO_LATENCY=1).
+    private readonly bool _timeLatency = LatencyTiming.Enabled;
+    private readonly bool _ticksAreNs = LatencyTiming.NsPerTick == 1.0;
+    private readonly long[] _arrival;
+
     // The idle timer: one relative IORING_OP_TIMEOUT, re-armed from its own CQE (nothing per I/O).
     private readonly long _idleNs;   // 0: the buffer strategy never wants idle release
     private __kernel_timespec* _idleTs; // read by the kernel when it issues the SQE (the next enter): native memory
@@ -250,6 +298,7 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
         : base(geometry, buffers)
     {
         _fetchTags = fetchTags < 0 ? geometry.Depth : Math.Min(fetchTags, geometry.Depth);
+        _arrival = new long[geometry.Depth];
         _charFd = charFd;
         _cpus = cpus;
         _extraFiles = extraFiles;
@@ -504,6 +553,8 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
 
     private void HandleIo(ushort tag)
     {
+        _stats.InFlight++;
+        if (_timeLatency) _arrival[tag] = Stopwatch.GetTimestamp();
         _ioSinceTick = true;
         _ioSinceRelease = true;
         ref readonly ublksrv_io_desc iod = ref _descs[tag];
@@ -543,6 +594,12 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
             ref readonly ublksrv_io_desc iod = ref _descs[tag];
             if (iod.Op == UBLK_IO_OP_READ) _stats.BytesRead += result;
             else if (iod.Op == UBLK_IO_OP_WRITE) _stats.BytesWritten += result;
+        }
+        _stats.InFlight--;
+        if (_timeLatency)
+        {
+            long ticks = Stopwatch.GetTimestamp() - _arrival[tag];
+            _stats.Latency.Record(_ticksAreNs ? ticks : (long)(ticks * LatencyTiming.NsPerTick));
         }
         QueueCmd(tag, QueueOp.Commit, result);
     }
