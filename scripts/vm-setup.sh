@@ -53,9 +53,11 @@ klink=$VM_DIR/kernel-$KERNEL
 # command fails and vng exits 255.  The python3-* / file / iproute2 / kbd
 # entries are virtme-ng's own dependencies (apt also resolves them from the
 # .deb in step 2).
+# prometheus: its promtool validates serve --metrics' exposition (host and VM
+# tests; the package's own server is not used); curl fetches /metrics.
 HOST_PKGS=(
   qemu-system-x86 udev busybox-static kmod util-linux util-linux-extra fdisk
-  fio e2fsprogs xz-utils strace gcc make file iproute2 kbd
+  fio e2fsprogs xz-utils strace gcc make file iproute2 kbd prometheus curl
   python3 python3-argcomplete python3-requests python3-pkg-resources
   debian-archive-keyring
 )

@@ -96,6 +96,20 @@ public sealed class BadInputTests
     [InlineData("serve --backend mem:1G --no-partition-scan --recovery reissue", "--recovery: this backend's data lives in the server process")]
     [InlineData("serve --backend mem:1G --no-partition-scan=yes", "serve: unknown option '--no-partition-scan=yes'")]
     [InlineData("serve --no-partition-scan", "serve: --backend SPEC is required")]
+    [InlineData("serve --backend mem:1G --metrics", "serve: --metrics needs a value")]
+    [InlineData("serve --backend mem:1G --metrics 127.0.0.1:0", "port 0 (any free port) is refused")]
+    [InlineData("serve --backend mem:1G --metrics 9101", "--metrics must be unix:PATH or IP:PORT (e.g. 127.0.0.1:9101, [::1]:9101; port 1-65535), got '9101'")]
+    [InlineData("serve --backend mem:1G --metrics localhost:9101", "'localhost' is not an IPv4 address")]
+    [InlineData("serve --backend mem:1G --metrics unix:", "got 'unix:': no path")]
+    [InlineData("serve --backend mem:1G --metrics 10.255.255.254:9101", "serve: --metrics 10.255.255.254:9101: no such local address")]
+    [InlineData("serve --backend mem:1G --metrics unix:/nonexistent/dir/m.sock", "serve: --metrics unix:/nonexistent/dir/m.sock: no such directory")]
+    [InlineData("recover 7 --metrics 127.0.0.1:0", "port 0 (any free port) is refused")]
+    [InlineData("stats", "stats: expected one device id (and optionally --json)")]
+    [InlineData("stats 1 2", "stats: expected one device id")]
+    [InlineData("stats abc", "stats: 'abc' is not a device id")]
+    [InlineData("stats --yaml", "stats: unexpected argument '--yaml'")]
+    [InlineData("stats -1 --json", "stats: unexpected argument '-1'")]
+    [InlineData("stats 4321 --json", "ublk device 4321 has no running ublk-aot server to ask")]
     public void Bad_input_is_one_line_and_exit_2(string args, string message)
     {
         var (code, stdout, stderr) = Run(args);
@@ -105,6 +119,21 @@ public sealed class BadInputTests
         Assert.StartsWith("ublk-aot: ", err);
         Assert.Contains(message, err);
         Assert.Equal("", stdout);
+    }
+
+    [Fact]
+    public void A_metrics_port_in_use_is_one_line_exit_2_before_the_backing_file_is_made()
+    {
+        using var busy = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        busy.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+        busy.Listen();
+        int port = ((System.Net.IPEndPoint)busy.LocalEndPoint!).Port;
+        string img = Path.Combine(Path.GetTempPath(), "ublk-metrics-busy-" + System.Guid.NewGuid().ToString("N")[..8] + ".img");
+        var (code, stdout, stderr) = Run("serve --backend file:" + img + ",size=64M --metrics 127.0.0.1:" + port);
+        Assert.True(code == 2, "exit " + code + "\n" + stderr);
+        Assert.Equal("ublk-aot: serve: --metrics 127.0.0.1:" + port + ": address already in use", stderr.Trim());
+        Assert.Equal("", stdout);
+        Assert.False(File.Exists(img), "the backing file was created although --metrics could not be bound");
     }
 
     [Fact]

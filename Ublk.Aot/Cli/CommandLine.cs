@@ -24,6 +24,7 @@ public static class CommandLine
                 [--read-only] [--id N] [--cpus LIST] [--idle-release SECONDS] [--fixed-buffers] [--huge-buffers]
                 [--recovery reissue|fail-io|off] [--no-partition-scan]
                 [--io-mode auto|copy|user-copy|zero-copy|auto-buf-reg] [--stats]
+                [--metrics unix:PATH|IP:PORT]
                     create /dev/ublkbN served by this process until SIGINT/SIGTERM;
                     --io-mode: how request data moves (auto: the fastest this kernel and backend allow; see README);
                     --recovery: the device outlives this server's death and waits for `recover`
@@ -32,7 +33,9 @@ public static class CommandLine
                     a queue idle for --idle-release seconds (20; 0 = never) frees its buffers' pages;
                     --fixed-buffers registers them with io_uring for file I/O (pins depth x max-io per queue);
                     --huge-buffers puts them on transparent huge pages;
-                    --no-partition-scan: the kernel does not scan the new disk for partitions (7.0+)
+                    --no-partition-scan: the kernel does not scan the new disk for partitions (7.0+);
+                    --metrics: serve HTTP GET /metrics (Prometheus text format) on a unix socket or
+                    an IP literal and port (127.0.0.1:9101, [::1]:9101)
           recover ID [--backend SPEC [serve options]] [--stats]
                     serve device ID again after its server died (SPEC and options from its state file
                     in /run/ublk-aot unless given)
@@ -43,6 +46,8 @@ public static class CommandLine
                     new server (exec PATH recover ID)
           resize ID SIZE    change device ID's size while it serves (UPDATE_SIZE, 7.x): a file backend's file grows
                     with it; a shrink is refused while the file holds data beyond SIZE; mem: cannot be resized
+          stats ID [--json] live counters of device ID from its server: requests, bytes, errors and
+                    in flight per queue, latency percentiles, io mode, recovery and kernel state
           list [--json]     the kernel's ublk devices, their state and whether their server is alive
           del ID | --all | --dead | --safe ID
                     stop and remove ublk devices (--dead: those whose server is gone; --safe: refuse, exit 1,
@@ -79,7 +84,8 @@ public static class CommandLine
                 "list" => ListDevices(rest),
                 "del" => Delete(rest),
                 "resize" => Resize(rest),
-                _ => throw new UsageException("unknown command '" + cmd + "' (serve, recover, upgrade, resize, list, del, features, --version)"),
+                "stats" => Stats(rest),
+                _ => throw new UsageException("unknown command '" + cmd + "' (serve, recover, upgrade, resize, stats, list, del, features, --version)"),
             };
         }
         catch (UblkAotException e)
@@ -408,6 +414,41 @@ public static class CommandLine
         }
         if (reply.StartsWith("refused ", StringComparison.Ordinal)) throw new UsageException("resize: " + reply["refused ".Length..]);
         throw new UblkException("resize: " + (reply.StartsWith("error ", StringComparison.Ordinal) ? reply["error ".Length..] : "unexpected reply '" + reply + "'"));
+    }
+
+    /// <summary>
+    /// stats ID [--json]: asks device ID's server, over its control socket, for its live counters and prints them as a
+    /// table, or as the server's one-line JSON (field names: README, StatsReport.Json). Arguments are checked first.
+    /// </summary>
+    private static int Stats(string[] args)
+    {
+        string[] ids = Array.FindAll(args, a => a != "--json");
+        if (ids.Length != 1) throw new UsageException("stats: expected one device id (and optionally --json), e.g. stats 0 --json");
+        if (ids[0].StartsWith('-')) throw new UsageException("stats: unexpected argument '" + ids[0] + "'");
+        if (!uint.TryParse(ids[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id) || id > int.MaxValue - 1)
+            throw new UsageException("stats: '" + ids[0] + "' is not a device id");
+        bool json = args.Length != ids.Length;
+        TimeSpan wait = ControlTimeout == Timeout.InfiniteTimeSpan ? Timeout.InfiniteTimeSpan : ControlTimeout + TimeSpan.FromSeconds(5);
+        string reply = ControlSocket.Request(id, "stats", wait, maxReply: 1 << 20);
+        if (reply.StartsWith("refused ", StringComparison.Ordinal)) throw new UsageException("stats: " + reply["refused ".Length..]);
+        if (!reply.StartsWith("ok ", StringComparison.Ordinal))
+            throw new UblkException("stats: " + (reply.StartsWith("error ", StringComparison.Ordinal) ? reply["error ".Length..] : "unexpected reply '" + reply + "'"));
+        string body = reply["ok ".Length..];
+        if (json)
+        {
+            Console.WriteLine(body);
+            return 0;
+        }
+        try
+        {
+            using JsonDocument doc = JsonDocument.Parse(body);
+            StatsReport.PrintTable(doc.RootElement, Console.Out);
+        }
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException)
+        {
+            throw new UblkException("stats: the server of ublk device " + id + " sent what this ublk-aot cannot read (" + e.Message + ")");
+        }
+        return 0;
     }
 
     internal static bool WaitGone(uint id, int timeoutMs)

@@ -17,7 +17,7 @@ namespace Ublk.Aot.Cli;
 ///   refused MESSAGE        nothing changed: the request cannot be done as asked (the client exits 2)
 ///   error MESSAGE          it failed while being done (the client exits 1)
 /// </code>
-/// Each request word has one handler (today only "resize"; a later "stats" fits the same shape).
+/// Each request word has one handler: "resize BYTES" and "stats" (reply `ok JSON`, see StatsReport.Json).
 /// </summary>
 public sealed unsafe class ControlSocket : IDisposable
 {
@@ -141,12 +141,17 @@ public sealed unsafe class ControlSocket : IDisposable
     private static string OneLine(string s) => s.Replace('\n', ' ').Replace('\r', ' ');
 
     /// <summary>One '\n'-terminated line from <paramref name="fd"/>, or null (closed, too long, or idle past <paramref name="idle"/>).</summary>
-    private static string? ReadLine(int fd, TimeSpan idle)
+    private static string? ReadLine(int fd, TimeSpan idle, int maxLine = MaxLine)
     {
-        byte* buf = stackalloc byte[MaxLine];
+        byte[] bytes = new byte[maxLine];
+        fixed (byte* buf = bytes) return ReadLine(fd, idle, buf, maxLine);
+    }
+
+    private static string? ReadLine(int fd, TimeSpan idle, byte* buf, int maxLine)
+    {
         int len = 0;
         long until = idle == Timeout.InfiniteTimeSpan ? long.MaxValue : Environment.TickCount64 + (long)idle.TotalMilliseconds;
-        while (len < MaxLine)
+        while (len < maxLine)
         {
             long left = until == long.MaxValue ? -1 : until - Environment.TickCount64;
             if (until != long.MaxValue && left <= 0) return null;
@@ -154,7 +159,7 @@ public sealed unsafe class ControlSocket : IDisposable
             int n = Libc.Poll(&p, 1, (int)Math.Min(left, int.MaxValue));
             if (n < 0 && Errno.Last == Errno.EINTR) continue;
             if (n <= 0) return null;
-            nint got = Libc.Read(fd, buf + len, (nuint)(MaxLine - len));
+            nint got = Libc.Read(fd, buf + len, (nuint)(maxLine - len));
             if (got < 0 && Errno.Last == Errno.EINTR) continue;
             if (got <= 0) break;
             int end = len;
@@ -186,7 +191,7 @@ public sealed unsafe class ControlSocket : IDisposable
     /// Sends one request line to device <paramref name="id"/>'s server and returns its reply line. No socket, or
     /// nobody listening on it (a killed server's leftover): UsageException. No reply within <paramref name="timeout"/>: UblkAotException.
     /// </summary>
-    public static string Request(uint id, string line, TimeSpan timeout)
+    public static string Request(uint id, string line, TimeSpan timeout, int maxReply = MaxLine)
     {
         string path = PathOf(id);
         if (!Libc.UnixAddress(path, out Libc.SockAddrUn addr)) throw new UsageException("control socket path too long: " + path);
@@ -203,7 +208,7 @@ public sealed unsafe class ControlSocket : IDisposable
                 throw new SysException("connect(" + path + ")", e);
             }
             if (!WriteLine(fd, line)) throw new SysException("write(" + path + ")", Errno.Last);
-            return ReadLine(fd, timeout) ?? throw new SysException("no reply from the server of ublk device " + id + " on " + path, Errno.ETIMEDOUT);
+            return ReadLine(fd, timeout, maxReply) ?? throw new SysException("no reply from the server of ublk device " + id + " on " + path, Errno.ETIMEDOUT);
         }
         finally { Libc.Close(fd); }
     }

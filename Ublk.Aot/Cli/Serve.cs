@@ -19,6 +19,8 @@ public static class Serve
         public string? Backend;
         public DeviceOptions Device = new();
         public bool Stats;
+        /// <summary>serve --metrics: where to serve /metrics (Prometheus text format), or null.</summary>
+        public MetricsEndpoint? Metrics;
         /// <summary>`recover`: the device must be waiting for recovery (no new device is made).</summary>
         public bool MustRecover;
     }
@@ -58,6 +60,9 @@ public static class Serve
                 case "--id": d.Id = Int(DeviceOptions.IdRange, Value()); break;
                 case "--cpus": d.Cpus = ParseCpuList(Value()); break;
                 case "--stats": a.Stats = true; break;
+                case "--metrics":
+                    a.Metrics = MetricsEndpoint.TryParse(Value(), out string? metricsError) ?? throw new UsageException("serve: " + metricsError);
+                    break;
                 case "--fixed-buffers": d.FixedBuffers = true; break;
                 case "--huge-buffers": d.HugeBuffers = true; break;
                 case "--no-partition-scan": d.NoPartitionScan = true; break;
@@ -127,8 +132,14 @@ public static class Serve
         Args a = Parse(argv[1..], backendRequired: false);
         if (a.Backend == null)
         {
-            foreach (string arg in argv[1..])
-                if (arg != "--stats") throw new UsageException("recover: " + arg + " needs --backend SPEC (without it, everything comes from " + StateFile.PathOf(id) + ")");
+            string[] rest = argv[1..];
+            for (int i = 0; i < rest.Length; i++)
+            {
+                string arg = rest[i];
+                if (arg == "--stats") continue;
+                if (arg == "--metrics") { i++; continue; } // not a device option: never in the state file
+                throw new UsageException("recover: " + arg + " needs --backend SPEC (without it, everything comes from " + StateFile.PathOf(id) + ")");
+            }
             StateFile.State st = StateFile.Read(id)
                 ?? throw new UsageException("recover: no state file " + StateFile.PathOf(id) + " for ublk device " + id + ": give --backend SPEC");
             a.Backend = st.Backend;
@@ -142,14 +153,17 @@ public static class Serve
 
     private static int Run(Args a)
     {
+        // --metrics is bound first, before the backend is opened (a file may be created) or the device made: an
+        // address in use is refused in one line with nothing left behind. It answers once the device is live.
+        using MetricsServer? metrics = a.Metrics is { } ep ? MetricsServer.Bind(ep) : null;
         BackendSpec spec = BackendTable.Parse(a.Backend!, new SpecContext(a.Device.ReadOnly));
         using (spec)
         {
-            return spec.Build(new Runner(a, spec));
+            return spec.Build(new Runner(a, spec, metrics));
         }
     }
 
-    private sealed class Runner(Args a, BackendSpec spec) : IBackendConsumer<int>
+    private sealed class Runner(Args a, BackendSpec spec, MetricsServer? metrics) : IBackendConsumer<int>
     {
         public int Use<TBackend>(TBackend backend, BackendCaps caps, int[] files) where TBackend : struct, IBackend
         {
@@ -221,8 +235,13 @@ public static class Serve
                         ", kernel features 0x" + ctrl.Features.ToString("x", CultureInfo.InvariantCulture));
                     using (control)
                     {
-                        control!.Start(("resize", req => Resize(ctrl, dev, spec, a, req)));
-                        why = Wait(ctrl, dev, stop, handOver);
+                        control!.Start(("resize", req => Resize(ctrl, dev, spec, a, req)),
+                            ("stats", _ => "ok " + StatsReport.Json(StatsSnapshot.Take(ctrl, dev, a.Device.IoMode))));
+                        metrics?.Start(() => StatsReport.Prometheus(StatsSnapshot.Take(ctrl, dev, a.Device.IoMode)));
+                        if (metrics != null) Console.Error.WriteLine("ublk-aot: metrics of " + dev.BlockDevicePath + " at " + metrics.Endpoint.Text + " (GET /metrics)");
+                        // Stopped before the device and the control device go: it reads both.
+                        try { why = Wait(ctrl, dev, stop, handOver); }
+                        finally { metrics?.Dispose(); }
                     }
                     if (dev.HandedOver)
                     {

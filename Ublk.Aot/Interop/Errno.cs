@@ -34,6 +34,8 @@ public static class Errno
     public const int ETIMEDOUT = 110;
     public const int ECONNREFUSED = 111;
     public const int ECANCELED = 125;
+    public const int EADDRINUSE = 98;
+    public const int EADDRNOTAVAIL = 99;
 
     /// <summary>errno of the last libc call made with SetLastError.</summary>
     public static int Last => Marshal.GetLastPInvokeError();
@@ -72,6 +74,8 @@ public static class Errno
             ETIMEDOUT => "ETIMEDOUT",
             ECONNREFUSED => "ECONNREFUSED",
             ECANCELED => "ECANCELED",
+            EADDRINUSE => "EADDRINUSE",
+            EADDRNOTAVAIL => "EADDRNOTAVAIL",
             _ => "errno " + errno.ToString(System.Globalization.CultureInfo.InvariantCulture),
         };
     }

@@ -280,6 +280,53 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "connect", SetLastError = true)]
     public static partial int Connect(int fd, SockAddrUn* addr, uint len);
 
+    // IP stream sockets (serve --metrics IP:PORT): sockaddr_in / sockaddr_in6 as in <netinet/in.h>, port and
+    // address in network byte order.
+    public const int AF_INET = 2;
+    public const int AF_INET6 = 10;
+    public const int SOL_SOCKET = 1;
+    public const int SO_REUSEADDR = 2;
+    public const int IPPROTO_IPV6 = 41;
+    public const int IPV6_V6ONLY = 26;
+    public const int MSG_NOSIGNAL = 0x4000;
+
+    /// <summary>struct sockaddr_in (16 bytes).</summary>
+    [StructLayout(LayoutKind.Sequential, Size = 16)]
+    public struct SockAddrIn
+    {
+        public ushort Family;
+        public ushort PortBE;
+        public fixed byte Addr[4];
+    }
+
+    /// <summary>struct sockaddr_in6 (28 bytes).</summary>
+    [StructLayout(LayoutKind.Sequential, Size = 28)]
+    public struct SockAddrIn6
+    {
+        public ushort Family;
+        public ushort PortBE;
+        public uint FlowInfo;
+        public fixed byte Addr[16];
+        public uint ScopeId;
+    }
+
+    /// <summary>bind(2) for any address family (the caller passes the struct's real size).</summary>
+    [LibraryImport(Lib, EntryPoint = "bind", SetLastError = true)]
+    public static partial int BindAddr(int fd, void* addr, uint len);
+
+    [LibraryImport(Lib, EntryPoint = "getsockname", SetLastError = true)]
+    public static partial int GetSockName(int fd, void* addr, uint* len);
+
+    [LibraryImport(Lib, EntryPoint = "setsockopt", SetLastError = true)]
+    public static partial int SetSockOpt(int fd, int level, int name, void* value, uint len);
+
+    [LibraryImport(Lib, EntryPoint = "send", SetLastError = true)]
+    public static partial nint Send(int fd, void* buf, nuint len, int flags);
+
+    /// <summary>inet_pton(3): 1 if <paramref name="src"/> is an address of family <paramref name="af"/> (written to dst).</summary>
+    [LibraryImport(Lib, EntryPoint = "inet_pton", StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int InetPton(int af, string src, void* dst);
+
     [LibraryImport(Lib, EntryPoint = "chmod", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Chmod(string path, uint mode);
 
