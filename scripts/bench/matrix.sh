@@ -35,6 +35,9 @@
 #                       kublk-null-F and kublk-loop-F, F = uc zc abr b (kublk add -u, -z, --auto_zc, -b);
 #                       kublk-null and kublk-loop are kublk's copy mode.
 #                     The word `modes` stands for the whole io-mode matrix ($MODE_TARGETS below).
+#                     aot-null-copy-nolat: aot-null-copy with UBLK_AOT_NO_LATENCY=1 (the queues do not time
+#                     requests): the A/B "do the live-stats counters cost anything"; the word `latency`
+#                     stands for the pair (aot-null-copy aot-null-copy-nolat), run in one boot.
 #   BENCH_WORKLOADS   subset of the names in WORKLOADS below
 #   BENCH_EXTRAS (1)  0 skips the syscall and GC measurements
 #   BENCH_SYSCALL_QDS (64)         queue depths of the 4k randread syscall measurement (old targets)
@@ -76,9 +79,12 @@ MODE_TARGETS="nullblk aot-null-copy kublk-null aot-null-uc kublk-null-uc aot-nul
   aot-null-abr kublk-null-abr kublk-null-b aot-mem-copy aot-mem-uc
   loop aot-file-copy kublk-loop aot-file-uc kublk-loop-uc aot-file-zc kublk-loop-zc
   aot-file-abr kublk-loop-abr kublk-loop-b"
-ALL_TARGETS=$(echo $OLD_TARGETS $MODE_TARGETS)
+LATENCY_TARGETS="aot-null-copy aot-null-copy-nolat"
+ALL_TARGETS=$(echo $OLD_TARGETS $MODE_TARGETS aot-null-copy-nolat)
 TARGETS=${BENCH_TARGETS:-$OLD_TARGETS}
-TARGETS=$(for t in $TARGETS; do if [[ $t == modes ]]; then echo $MODE_TARGETS; else echo "$t"; fi; done |
+TARGETS=$(for t in $TARGETS; do
+            case $t in modes) echo $MODE_TARGETS ;; latency) echo $LATENCY_TARGETS ;; *) echo "$t" ;; esac
+          done |
           tr -s ' \n' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
 TARGETS=${TARGETS% }
 # Syscall/CPU runs of the io-mode targets: WORKLOAD is a name of WORKLOADS.
@@ -279,6 +285,8 @@ dev_up() {
   case $t in
     aot-null) start_aot "null:$SIZE" "$q" "$err" ;;
     aot-null-huge) start_aot "null:$SIZE" "$q" "$err" --huge-buffers ;;
+    # The same server without the per-request latency timing (read once at start; README "Live stats").
+    aot-null-copy-nolat) UBLK_AOT_NO_LATENCY=1 start_aot "null:$SIZE" "$q" "$err" --io-mode copy ;;
     aot-mem)  start_aot "mem:$MEM_SIZE" "$q" "$err" ;;
     aot-file) start_aot "file:$BACKING" "$q" "$err" ;;
     aot-file-fixed) start_aot "file:$BACKING" "$q" "$err" --fixed-buffers ;;

@@ -51,6 +51,11 @@ MODE_TARGETS = AOT_MODE_TARGETS + KUBLK_MODE_TARGETS + ["nullblk", "loop"]
 for _t in MODE_TARGETS:
     if _t not in TARGETS:
         TARGETS.append(_t)
+# The live-stats A/B (matrix.sh BENCH_TARGETS=latency): aot-null-copy with and without the latency timing.
+TARGETS.append("aot-null-copy-nolat")
+LABEL["aot-null-copy-nolat"] = "ublk-aot null copy, UBLK_AOT_NO_LATENCY=1"
+KUBLK_REF["aot-null-copy-nolat"] = "kublk-null"
+KERNEL_REF["aot-null-copy-nolat"] = "nullblk"
 WORKLOADS = [  # name, label, big-block (MB/s instead of IOPS)
     ("rr4k-qd1", "4k randread QD1", False),
     ("rr4k-qd64", "4k randread QD64", False),
@@ -461,6 +466,23 @@ def batch_ab(agg):
                        "|---|---|--:|--:|--:|--:|"] + rows)
 
 
+def latency_ab(agg):
+    """aot-null-copy (latency timed, the default) against aot-null-copy-nolat (UBLK_AOT_NO_LATENCY=1), same boot."""
+    a, b = "aot-null-copy", "aot-null-copy-nolat"
+    rows = []
+    for w, l, big in WORKLOADS:
+        if (a, w) not in agg or (b, w) not in agg:
+            continue
+        f = "mbs" if big else "iops"
+        m, rs = ratio_rounds(a, b, w, f)
+        rows.append("| {} | {:,.0f} | {:,.0f} | {} | {:.0f} / {:.0f} |".format(
+            l, agg[(b, w)][f], agg[(a, w)][f], fmt_rr(m, rs), agg[(b, w)]["p50"], agg[(a, w)]["p50"]))
+    if not rows:
+        return ""
+    return "\n".join(["| workload | timing off | timing on | on ÷ off (per round) | p50 µs off / on |",
+                       "|---|--:|--:|--:|--:|"] + rows)
+
+
 def targets_check(agg):
     """The issue's targets (issue 11 item 5), met or missed, with the numbers."""
     out = []
@@ -637,6 +659,10 @@ def render(d):
     ba = batch_ab(agg)
     if ba:
         lines += ["", "Batch I/O A/B (kublk `-b`, UBLK_F_BATCH_IO, against kublk's copy mode, same boot):", "", ba]
+    la = latency_ab(agg)
+    if la:
+        lines += ["", "Live-stats counters A/B (ublk-aot null, copy mode, with and without the per-request latency "
+                  "timing, UBLK_AOT_NO_LATENCY=1; same boot):", "", la]
     g = gc_line(d)
     if g:
         lines += ["", "GC: " + g]
