@@ -34,6 +34,19 @@ public sealed class StatsTests
         return doc.RootElement;
     }
 
+    /// <summary>Stats once nothing is in flight (up to 10 s; udev's probe may still be reading): the last reading either way.</summary>
+    private static JsonElement IdleStats(int id, out JsonDocument doc)
+    {
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            JsonElement r = StatsJson(id, out doc);
+            if (Total(r, "in_flight") == 0 || sw.ElapsedMilliseconds > 10_000) return r;
+            doc.Dispose();
+            System.Threading.Thread.Sleep(200);
+        }
+    }
+
     private static long Total(JsonElement root, string field) => root.GetProperty("total").GetProperty(field).GetInt64();
 
     /// <summary>GET /metrics with curl (TCP URL, or a unix socket path); asserts 200, the exposition's content type, promtool clean.</summary>
@@ -70,7 +83,9 @@ public sealed class StatsTests
                 long r0 = Total(before, "reads"), br0 = Total(before, "bytes_read"), w0 = Total(before, "writes"), bw0 = Total(before, "bytes_written");
                 Sh("dd if=" + a.DevicePath + " of=/dev/null bs=64k count=256 iflag=direct status=none");
                 Sh("dd if=/dev/zero of=" + a.DevicePath + " bs=64k count=64 oflag=direct conv=fsync status=none");
-                JsonElement after = StatsJson(a.Id, out JsonDocument d1);
+                // The close of dd's writable fd makes udev probe the disk (reads): let it finish, then wait for idle.
+                Sh("udevadm settle -t 30", check: false);
+                JsonElement after = IdleStats(a.Id, out JsonDocument d1);
                 using (d1)
                 {
                     Assert.True(Total(after, "reads") >= r0 + 256, "reads did not grow by 256: " + after);
