@@ -317,14 +317,26 @@ public sealed unsafe class UblkControl : IDisposable
     /// <summary>Where the kernel lists its ublk devices: one ublkcN entry per device, until the id is freed.</summary>
     public const string SysfsCharClass = "/sys/class/ublk-char";
 
-    /// <summary>The kernel still has device <paramref name="id"/> (its id is taken), whatever its state.</summary>
-    public static bool DeviceExists(uint id) => Directory.Exists(SysfsCharClass + "/ublkc" + id);
+    /// <summary>
+    /// Where the devices are looked up when sysfs is not mounted (an initramfs whose /init mounted only proc and
+    /// devtmpfs): the /dev/ublkcN nodes devtmpfs makes and removes with the same kernel device. devtmpfs removes a
+    /// node shortly after the device is gone, so this source only ever errs towards "still there".
+    /// </summary>
+    private const string DevDir = "/dev";
 
-    /// <summary>Ids of the ublk devices the kernel has (from /sys/class/ublk-char), ascending.</summary>
+    /// <summary>sysfs is mounted (/sys/class exists); with it, /sys/class/ublk-char is the only source.</summary>
+    private static bool HaveSysfs => Directory.Exists("/sys/class");
+
+    /// <summary>The kernel still has device <paramref name="id"/> (its id is taken), whatever its state.</summary>
+    public static bool DeviceExists(uint id)
+        => HaveSysfs ? Directory.Exists(SysfsCharClass + "/ublkc" + id) : File.Exists(DevDir + "/ublkc" + id);
+
+    /// <summary>Ids of the ublk devices the kernel has (from /sys/class/ublk-char, else /dev/ublkcN), ascending.</summary>
     public static uint[] ListDeviceIds()
     {
-        if (!Directory.Exists(SysfsCharClass)) return [];
-        string[] names = Directory.GetFileSystemEntries(SysfsCharClass, "ublkc*");
+        string dir = HaveSysfs ? SysfsCharClass : DevDir;
+        if (!Directory.Exists(dir)) return [];
+        string[] names = Directory.GetFileSystemEntries(dir, "ublkc*");
         uint[] ids = new uint[names.Length];
         int n = 0;
         foreach (string path in names)
