@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# test.sh — all of Ublk.Aot's tests: host unit tests, then the VM integration suite in one VM boot per kernel
-# (trixie's 6.12 and trixie-backports' newest, 7.x).
+# test.sh — all of Ublk.Aot's tests: host unit tests, the initramfs boot (a host-side test that boots trixie's 6.12
+# under its own QEMU, category Initramfs), then the VM integration suite in one VM boot per kernel (trixie's 6.12
+# and trixie-backports' newest, 7.x).
 # Called by `./build.sh test` (which publishes out/ublk-aot first). Ends with one line
 # "N passed, N failed[, N skipped]" totalling both parts; exit status 0 only if nothing failed.
 #
-# Env: UBLK_TEST_FILTER   extra dotnet-test filter for the VM part (e.g. FullyQualifiedName~Serve)
-#      UBLK_HOST_ONLY=1   skip the VM part (development only; CI never sets it)
+# Env: UBLK_TEST_FILTER   extra dotnet-test filter for the VM part and the initramfs boot (e.g. FullyQualifiedName~Serve)
+#      UBLK_HOST_ONLY=1   skip the initramfs boot and the VM part (development only; CI never sets it)
 #      UBLK_TEST_KERNELS  kernel profiles to run the VM suite on (default "trixie backports"; see vm-setup.sh)
 #      VM_CPUS (4), VM_MEM (4G): see scripts/vm-run.sh
 set -uo pipefail
@@ -39,10 +40,31 @@ fi
 
 t0=$SECONDS
 log "host tests"
-dotnet test Ublk.Aot.Tests -c Release --no-build --filter "Category!=Integration" \
+dotnet test Ublk.Aot.Tests -c Release --no-build --filter "Category!=Integration&Category!=Initramfs" \
   --logger "trx;LogFileName=host.trx" --logger "console;verbosity=normal" --results-directory "$RES" 2>&1 | grep --line-buffered -vE '^\s*$'
 [[ -s $RES/host.trx ]] || { log "host tests produced no results"; extra_failed=$((extra_failed + 1)); }
 log "host tests took $((SECONDS - t0)) s"
+
+# The initramfs boot: a host-side test (it needs no ublk on the host; nested in the VM it would be TCG under TCG),
+# run once, after the bench setup that unpacks trixie's 6.12 kernel it boots (scripts/initramfs.sh).
+if [[ ${UBLK_HOST_ONLY:-0} != 1 ]]; then
+  t0=$SECONDS
+  log "initramfs test (host; boots the trixie kernel under its own QEMU)"
+  if ! KERNEL=trixie scripts/vm-setup.sh; then
+    log "FAILED: the VM bench could not be set up for kernel trixie; the initramfs test did not run"
+    extra_failed=$((extra_failed + 1))
+  else
+    filter="Category=Initramfs"
+    [[ -n ${UBLK_TEST_FILTER:-} ]] && filter="$filter&${UBLK_TEST_FILTER}"
+    dotnet test Ublk.Aot.Tests -c Release --no-build --filter "$filter" \
+      --logger "trx;LogFileName=initramfs.trx" --logger "console;verbosity=normal" --results-directory "$RES" 2>&1 | grep --line-buffered -vE '^\s*$'
+    if [[ -z ${UBLK_TEST_FILTER:-} && $(counter executed "$RES/initramfs.trx") -lt 1 ]]; then
+      log "FAILED: the initramfs test reported no results"
+      extra_failed=$((extra_failed + 1))
+    fi
+  fi
+  log "initramfs test took $((SECONDS - t0)) s"
+fi
 
 # The whole VM suite runs once per kernel, one boot each: trixie's 6.12 and trixie-backports' newest (7.x).
 # Kernel-dependent tests assert the feature where the kernel has it and the refusal or fallback where it does not.

@@ -52,7 +52,9 @@ klink=$VM_DIR/kernel-$KERNEL
 # finds its console/exit-status ports through udev; without it every guest
 # command fails and vng exits 255.  The python3-* / file / iproute2 / kbd
 # entries are virtme-ng's own dependencies (apt also resolves them from the
-# .deb in step 2).
+# .deb in step 2).  busybox-static is the whole userland of the initramfs
+# test (scripts/initramfs.sh; its cpio applet writes the image, so no cpio
+# package is needed); xz-utils unpacks the kernel's .ko.xz modules for it.
 # prometheus: its promtool validates serve --metrics' exposition (host and VM
 # tests; the package's own server is not used); curl fetches /metrics.
 HOST_PKGS=(
