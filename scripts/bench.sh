@@ -30,7 +30,7 @@
 #   BENCH_NATIVE (0)    1: run the matrix on this host (root; its kernel must
 #                       have ublk_drv, null_blk and loop) instead of in a VM
 #   BENCH_ROUNDS (3) BENCH_RUNTIME (4) BENCH_RAMP (1) BENCH_TARGETS
-#   BENCH_WORKLOADS BENCH_EXTRAS BENCH_SYSCALL_QDS BENCH_SYSCALL_RUNS BENCH_FILE_SIZE BENCH_MEM_SIZE
+#   BENCH_WORKLOADS BENCH_EXTRAS BENCH_SYSCALL_QDS BENCH_SYSCALL_RUNS BENCH_PROFILE_RUNS BENCH_FILE_SIZE BENCH_MEM_SIZE
 #                       passed to scripts/bench/matrix.sh (see its header)
 #   VM_MEM (4G) VM_TIMEOUT (3000) VM_KERNEL         passed to vm-run.sh
 set -euo pipefail
@@ -202,7 +202,7 @@ run_matrix() {
     (
       cd "$run"
       export VM_TCG_THREAD=multi VM_CPUS=2 VM_MEM VM_TIMEOUT=${VM_TIMEOUT:-3000}
-      export VM_PASSENV="BENCH_ROUNDS BENCH_RUNTIME BENCH_RAMP BENCH_TARGETS BENCH_WORKLOADS BENCH_EXTRAS BENCH_FILE_SIZE BENCH_MEM_SIZE BENCH_SYSCALL_QDS BENCH_SYSCALL_RUNS"
+      export VM_PASSENV="BENCH_ROUNDS BENCH_RUNTIME BENCH_RAMP BENCH_TARGETS BENCH_WORKLOADS BENCH_EXTRAS BENCH_FILE_SIZE BENCH_MEM_SIZE BENCH_SYSCALL_QDS BENCH_SYSCALL_RUNS BENCH_PROFILE_RUNS"
       exec "$ROOT/scripts/vm-run.sh" -w "$run" -- bash "$run/matrix.sh" "$run"
     ) || rc=$?
   fi

@@ -80,7 +80,11 @@ MODE_TARGETS="nullblk aot-null-copy kublk-null aot-null-uc kublk-null-uc aot-nul
   loop aot-file-copy kublk-loop aot-file-uc kublk-loop-uc aot-file-zc kublk-loop-zc
   aot-file-abr kublk-loop-abr kublk-loop-b"
 LATENCY_TARGETS="aot-null-copy aot-null-copy-nolat"
-ALL_TARGETS=$(echo $OLD_TARGETS $MODE_TARGETS aot-null-copy-nolat)
+# Per-I/O daemons (PER_IO_DAEMON, 6.16): kublk with two threads sharing the
+# tags of its queues (--nthreads 2 --per_io_tasks), an A/B of kublk itself
+# against kublk-null / kublk-loop (one thread per queue).
+PIO_TARGETS="kublk-null-pio kublk-loop-pio"
+ALL_TARGETS=$(echo $OLD_TARGETS $MODE_TARGETS aot-null-copy-nolat $PIO_TARGETS)
 TARGETS=${BENCH_TARGETS:-$OLD_TARGETS}
 TARGETS=$(for t in $TARGETS; do
             case $t in modes) echo $MODE_TARGETS ;; latency) echo $LATENCY_TARGETS ;; *) echo "$t" ;; esac
@@ -93,6 +97,10 @@ SYSCALL_RUNS=${BENCH_SYSCALL_RUNS:-"aot-null-uc:rr4k-qd64 aot-file-uc:rr4k-qd64 
   aot-file-copy:sr128k-qd16 kublk-loop:sr128k-qd16 aot-file-uc:sr128k-qd16 aot-file-zc:sr128k-qd16 kublk-loop-zc:sr128k-qd16
   aot-file-abr:sr128k-qd16 kublk-loop-abr:sr128k-qd16 aot-file-abr:sw128k-qd16 kublk-loop-abr:sw128k-qd16
   aot-mem-uc:sr128k-qd16 aot-null-uc:sr128k-qd16"}
+# Profiles: TARGET:WORKLOAD pairs run once for 5 s under a system-wide
+# `perf record -a -g` (cpu-clock: TCG has no PMU); the report (by thread
+# name, binary and symbol) goes to extra/prof.T.W.txt.  None by default.
+PROFILE_RUNS=${BENCH_PROFILE_RUNS:-}
 
 # name         rw        bs    iodepth/job  jobs  ublk queues
 WORKLOADS="
@@ -313,6 +321,7 @@ aot_mode_of() {
 kublk_flags_of() {
   case $1 in
     kublk-*-uc) echo -u ;; kublk-*-zc) echo -z ;; kublk-*-abr) echo --auto_zc ;; kublk-*-b) echo -b ;;
+    kublk-*-pio) echo --nthreads 2 --per_io_tasks ;;
   esac
 }
 
@@ -497,6 +506,28 @@ run_extras() {
     count_syscalls "$pid" "$pre" "$DEV" 5 "$job"
     dev_down "$t"
     log "syscalls $t $w: $(cat "$pre.tool") $(iops_of "$pre.json"); io-wq workers seen: $(grep -c ' (iou-wrk-' "$pre.threads" 2>/dev/null) samples"
+  done
+  for tw in $PROFILE_RUNS; do
+    t=${tw%%:*} w=${tw#*:}
+    [[ " $TARGETS " == *" $t "* ]] || continue
+    job=$(workload_job "$w" 5) || { log "profile: unknown workload $w"; continue; }
+    pre=$OUT/extra/prof.$t.$w
+    dev_up "$t" 1 "$pre.err" || continue
+    FIO_WRAP=(perf record -a -g -F 499 -e cpu-clock -o "$pre.data" --)
+    run_fio "$pre.json" "$DEV" 5 "$job"
+    FIO_WRAP=()
+    dev_down "$t"
+    {
+      echo "# $t $w: $(iops_of "$pre.json")"
+      echo "## by thread name"
+      perf report -i "$pre.data" --stdio --no-children --sort comm -g none --percent-limit 0.5 2>/dev/null | grep -v '^$'
+      echo "## by thread name and symbol"
+      perf report -i "$pre.data" --stdio --no-children --sort comm,dso,sym -g none --percent-limit 0.4 2>/dev/null | grep -v '^$'
+      echo "## call graphs of the server's threads (callers, > 2%)"
+      perf report -i "$pre.data" --stdio --no-children --comms "$(basename "$AOT"),kublk" --sort sym -g caller,2,callee --percent-limit 2 2>/dev/null | grep -v '^$' | head -400
+    } > "$pre.txt"
+    rm -f "$pre.data"
+    log "profile $t $w: $(iops_of "$pre.json"), $(grep -c . "$pre.txt") lines"
   done
   # Syscalls per I/O: ublk-aot vs kublk, null and file/loop, at QD64 (at QD1
   # both servers need exactly 1 (null) or 2 (file) io_uring_enter per I/O).

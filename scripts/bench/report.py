@@ -42,7 +42,7 @@ for _b, _modes in (("null", ["copy", "uc", "zc", "abr"]), ("mem", ["copy", "uc"]
         KERNEL_REF[_t] = "loop" if _b == "file" else "nullblk"
 KUBLK_MODE_TARGETS = []
 for _k in ("null", "loop"):
-    for _m, _w, _f in MODES + [("b", "batch", "-b")]:
+    for _m, _w, _f in MODES + [("b", "batch", "-b"), ("pio", "per-io daemons", "--nthreads 2 --per_io_tasks")]:
         _t = f"kublk-{_k}" if _m == "copy" else f"kublk-{_k}-{_m}"
         KUBLK_MODE_TARGETS.append(_t)
         LABEL[_t] = f"kublk {_k} {_f}".rstrip() if _f else f"kublk {_k}"
@@ -448,11 +448,11 @@ def wide_tables(agg, rounds):
     return "\n".join(out)
 
 
-def batch_ab(agg):
-    """kublk with -b (UBLK_F_BATCH_IO) against kublk without, same boot."""
+def kublk_ab(agg, suffix, flag):
+    """kublk with FLAG (target kublk-K-SUFFIX) against kublk without it, same boot."""
     rows = []
     for k in ("null", "loop"):
-        a, b = f"kublk-{k}-b", f"kublk-{k}"
+        a, b = f"kublk-{k}-{suffix}", f"kublk-{k}"
         for w, l, big in WORKLOADS:
             if (a, w) not in agg or (b, w) not in agg:
                 continue
@@ -462,7 +462,7 @@ def batch_ab(agg):
                 k, l, agg[(b, w)][f], agg[(a, w)][f], fmt_rr(m, rs), agg[(b, w)]["p50"], agg[(a, w)]["p50"]))
     if not rows:
         return ""
-    return "\n".join(["| server | workload | without -b | with -b | -b ÷ without (per round) | p50 µs without / with |",
+    return "\n".join([f"| server | workload | without {flag} | with {flag} | with ÷ without (per round) | p50 µs without / with |",
                        "|---|---|--:|--:|--:|--:|"] + rows)
 
 
@@ -656,13 +656,17 @@ def render(d):
     tc = targets_check(agg)
     if tc:
         lines += ["", "Targets (issue 11 item 5); per-round ratios are of the same round, i.e. devices measured minutes apart in one boot:", "", tc]
-    ba = batch_ab(agg)
+    ba = kublk_ab(agg, "b", "-b")
     if ba:
         lines += ["", "Batch I/O A/B (kublk `-b`, UBLK_F_BATCH_IO, against kublk's copy mode, same boot):", "", ba]
     la = latency_ab(agg)
     if la:
         lines += ["", "Live-stats counters A/B (ublk-aot null, copy mode, with and without the per-request latency "
                   "timing, UBLK_AOT_NO_LATENCY=1; same boot):", "", la]
+    pa = kublk_ab(agg, "pio", "--per_io_tasks")
+    if pa:
+        lines += ["", "Per-I/O daemons A/B (kublk `--nthreads 2 --per_io_tasks`, UBLK_F_PER_IO_DAEMON: two threads share "
+                  "each queue's tags, against kublk's one thread per queue, same boot):", "", pa]
     g = gc_line(d)
     if g:
         lines += ["", "GC: " + g]
