@@ -513,20 +513,22 @@ run_extras() {
     job=$(workload_job "$w" 5) || { log "profile: unknown workload $w"; continue; }
     pre=$OUT/extra/prof.$t.$w
     dev_up "$t" 1 "$pre.err" || continue
-    FIO_WRAP=(perf record -a -g -F 499 -e cpu-clock -o "$pre.data" --)
+    # perf.data on the guest tmpfs: perf record writes through mmap, which
+    # fails on the 9p-shared OUTDIR ("failed to write perf data, error: Bad address").
+    FIO_WRAP=(perf record -a -g -F 499 -e cpu-clock -o "$WORK/prof.data" --)
     run_fio "$pre.json" "$DEV" 5 "$job"
     FIO_WRAP=()
     dev_down "$t"
     {
       echo "# $t $w: $(iops_of "$pre.json")"
       echo "## by thread name"
-      perf report -i "$pre.data" --stdio --no-children --sort comm -g none --percent-limit 0.5 2>/dev/null | grep -v '^$'
+      perf report -i "$WORK/prof.data" --stdio --no-children --sort comm -g none --percent-limit 0.5 2>/dev/null | grep -v '^$'
       echo "## by thread name and symbol"
-      perf report -i "$pre.data" --stdio --no-children --sort comm,dso,sym -g none --percent-limit 0.4 2>/dev/null | grep -v '^$'
+      perf report -i "$WORK/prof.data" --stdio --no-children --sort comm,dso,sym -g none --percent-limit 0.4 2>/dev/null | grep -v '^$'
       echo "## call graphs of the server's threads (callers, > 2%)"
-      perf report -i "$pre.data" --stdio --no-children --comms "$(basename "$AOT"),kublk" --sort sym -g caller,2,callee --percent-limit 2 2>/dev/null | grep -v '^$' | head -400
+      perf report -i "$WORK/prof.data" --stdio --no-children --comms "$(basename "$AOT"),kublk" --sort sym -g caller,2,callee --percent-limit 2 2>/dev/null | grep -v '^$' | head -400
     } > "$pre.txt"
-    rm -f "$pre.data"
+    rm -f "$WORK/prof.data"
     log "profile $t $w: $(iops_of "$pre.json"), $(grep -c . "$pre.txt") lines"
   done
   # Syscalls per I/O: ublk-aot vs kublk, null and file/loop, at QD64 (at QD1
