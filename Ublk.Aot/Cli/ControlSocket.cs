@@ -27,23 +27,12 @@ public sealed unsafe class ControlSocket : IDisposable
     private const int MaxLine = 4096;
     private static readonly TimeSpan ClientIdle = TimeSpan.FromSeconds(5);
 
-    private readonly string _path;
-    private readonly int _fd;
-    private readonly int _wake;
-    private readonly ulong _inode;
-    private Thread? _thread;
+    private readonly SocketListener _listener;
     private (string Word, Handler Handle)[] _handlers = [];
-    private int _disposed;
 
     public static string PathOf(uint id) => Path.Combine(StateFile.Directory, id.ToString(CultureInfo.InvariantCulture) + ".sock");
 
-    private ControlSocket(string path, int fd, int wake, ulong inode)
-    {
-        _path = path;
-        _fd = fd;
-        _wake = wake;
-        _inode = inode;
-    }
+    private ControlSocket(SocketListener listener) => _listener = listener;
 
     /// <summary>
     /// Binds and listens on the socket of device <paramref name="id"/> (a socket left there by a killed or departing
@@ -66,22 +55,16 @@ public sealed unsafe class ControlSocket : IDisposable
         }
         int fd = Libc.Socket(Libc.AF_UNIX, Libc.SOCK_STREAM | Libc.SOCK_CLOEXEC, 0);
         if (fd < 0) throw new SysException("socket(AF_UNIX)", Errno.Last);
-        int wake = -1;
         try
         {
             // Bound with the process umask, then 0600; until then only the owner may write (connect) anyway under 022.
             if (Libc.Bind(fd, &addr, (uint)sizeof(Libc.SockAddrUn)) != 0) throw new SysException("bind(" + path + ")", Errno.Last);
             if (Libc.Chmod(path, 0x180 /* 0600 */) != 0) throw new SysException("chmod(" + path + ")", Errno.Last);
-            if (Libc.LStat(path, &st) != 0) throw new SysException("lstat(" + path + ")", Errno.Last);
-            if (Libc.Listen(fd, 8) != 0) throw new SysException("listen(" + path + ")", Errno.Last);
-            wake = Libc.EventFd(0, Libc.EFD_CLOEXEC);
-            if (wake < 0) throw new SysException("eventfd", Errno.Last);
-            return new ControlSocket(path, fd, wake, st.st_ino);
+            return new ControlSocket(SocketListener.Listen(fd, 8, path, path));
         }
         catch
         {
             Libc.Close(fd);
-            if (wake >= 0) Libc.Close(wake);
             try { File.Delete(path); } catch (IOException) { }
             throw;
         }
@@ -91,26 +74,7 @@ public sealed unsafe class ControlSocket : IDisposable
     public void Start(params (string Word, Handler Handle)[] handlers)
     {
         _handlers = handlers;
-        _thread = new Thread(Loop) { IsBackground = true, Name = "ublk-control" };
-        _thread.Start();
-    }
-
-    private void Loop()
-    {
-        Libc.PollFd* fds = stackalloc Libc.PollFd[2];
-        while (true)
-        {
-            fds[0] = new Libc.PollFd { Fd = _fd, Events = Libc.POLLIN };
-            fds[1] = new Libc.PollFd { Fd = _wake, Events = Libc.POLLIN };
-            int n = Libc.Poll(fds, 2, -1);
-            if (n < 0 && Errno.Last == Errno.EINTR) continue;
-            if (n < 0 || fds[1].Revents != 0) return;
-            if (fds[0].Revents == 0) continue;
-            int c = Libc.Accept4(_fd, null, null, Libc.SOCK_CLOEXEC);
-            if (c < 0) continue;
-            try { Serve(c); }
-            finally { Libc.Close(c); }
-        }
+        _listener.Start("ublk-control", Serve);
     }
 
     private void Serve(int c)
@@ -214,19 +178,5 @@ public sealed unsafe class ControlSocket : IDisposable
     }
 
     /// <summary>Stops the thread (a request in progress finishes first), closes the socket and removes it if it is still ours.</summary>
-    public void Dispose()
-    {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        ulong one = 1;
-        Libc.Write(_wake, &one, 8);
-        _thread?.Join();
-        Libc.Close(_fd);
-        Libc.Close(_wake);
-        // A new server (upgrade, recover) may already have put its own socket here: remove only ours.
-        Libc.StatBuf st;
-        if (Libc.LStat(_path, &st) == 0 && st.st_ino == _inode)
-        {
-            try { File.Delete(_path); } catch (IOException) { }
-        }
-    }
+    public void Dispose() => _listener.Dispose();
 }

@@ -2,7 +2,6 @@ using System;
 using System.Globalization;
 using System.IO;
 using System.Text;
-using System.Threading;
 using Ublk.Aot.Interop;
 
 namespace Ublk.Aot.Cli;
@@ -73,21 +72,15 @@ public sealed unsafe class MetricsServer : IDisposable
     private static readonly TimeSpan ClientIdle = TimeSpan.FromSeconds(5);
 
     private readonly MetricsEndpoint _ep;
-    private readonly int _fd;
-    private readonly int _wake;
-    private readonly ulong _inode; // unix: the inode we bound (removed at the end only if it is still ours)
-    private Thread? _thread;
+    private readonly SocketListener _listener;
     private Func<string>? _body;
-    private int _disposed;
 
     public MetricsEndpoint Endpoint => _ep;
 
-    private MetricsServer(MetricsEndpoint ep, int fd, int wake, ulong inode)
+    private MetricsServer(MetricsEndpoint ep, SocketListener listener)
     {
         _ep = ep;
-        _fd = fd;
-        _wake = wake;
-        _inode = inode;
+        _listener = listener;
     }
 
     /// <summary>Binds and listens. An address in use, a path that is not a socket, no permission: UsageException (one line).</summary>
@@ -95,8 +88,6 @@ public sealed unsafe class MetricsServer : IDisposable
     {
         int fd = Libc.Socket(ep.Family, Libc.SOCK_STREAM | Libc.SOCK_CLOEXEC, 0);
         if (fd < 0) throw new SysException("socket(--metrics " + ep.Text + ")", Errno.Last);
-        int wake = -1;
-        ulong inode = 0;
         bool boundPath = false;
         try
         {
@@ -112,8 +103,6 @@ public sealed unsafe class MetricsServer : IDisposable
                 Libc.UnixAddress(path, out Libc.SockAddrUn un);
                 if (Libc.Bind(fd, &un, (uint)sizeof(Libc.SockAddrUn)) != 0) throw BindError(ep, Errno.Last);
                 boundPath = true;
-                if (Libc.LStat(path, &st) != 0) throw new SysException("lstat(" + path + ")", Errno.Last);
-                inode = st.st_ino;
             }
             else
             {
@@ -142,15 +131,11 @@ public sealed unsafe class MetricsServer : IDisposable
                 }
                 if (rc != 0) throw BindError(ep, Errno.Last);
             }
-            if (Libc.Listen(fd, 16) != 0) throw new SysException("listen(--metrics " + ep.Text + ")", Errno.Last);
-            wake = Libc.EventFd(0, Libc.EFD_CLOEXEC);
-            if (wake < 0) throw new SysException("eventfd", Errno.Last);
-            return new MetricsServer(ep, fd, wake, inode);
+            return new MetricsServer(ep, SocketListener.Listen(fd, 16, ep.UnixPath, "--metrics " + ep.Text));
         }
         catch
         {
             Libc.Close(fd);
-            if (wake >= 0) Libc.Close(wake);
             if (boundPath) { try { File.Delete(ep.UnixPath!); } catch (IOException) { } }
             throw;
         }
@@ -181,38 +166,22 @@ public sealed unsafe class MetricsServer : IDisposable
     public void Start(Func<string> body)
     {
         _body = body;
-        _thread = new Thread(Loop) { IsBackground = true, Name = "ublk-metrics" };
-        _thread.Start();
-    }
-
-    private void Loop()
-    {
-        Libc.PollFd* fds = stackalloc Libc.PollFd[2];
-        while (true)
-        {
-            fds[0] = new Libc.PollFd { Fd = _fd, Events = Libc.POLLIN };
-            fds[1] = new Libc.PollFd { Fd = _wake, Events = Libc.POLLIN };
-            int n = Libc.Poll(fds, 2, -1);
-            if (n < 0 && Errno.Last == Errno.EINTR) continue;
-            if (n < 0 || fds[1].Revents != 0) return;
-            if (fds[0].Revents == 0) continue;
-            int c = Libc.Accept4(_fd, null, null, Libc.SOCK_CLOEXEC);
-            if (c < 0) continue;
-            try { Serve(c); }
-            catch (Exception e) when (e is UblkAotException or IOException or InvalidOperationException)
-            {
-                Console.Error.WriteLine("ublk-aot: --metrics: " + e.Message);
-            }
-            finally { Libc.Close(c); }
-        }
+        _listener.Start("ublk-metrics", Serve);
     }
 
     private void Serve(int c)
     {
-        string? head = ReadHead(c);
-        if (head == null) return; // closed, idle or oversized: nothing worth an answer
-        Response r = Answer(head, _body!);
-        WriteAll(c, r.Bytes);
+        try
+        {
+            string? head = ReadHead(c);
+            if (head == null) return; // closed, idle or oversized: nothing worth an answer
+            Response r = Answer(head, _body!);
+            WriteAll(c, r.Bytes);
+        }
+        catch (Exception e) when (e is UblkAotException or IOException or InvalidOperationException)
+        {
+            Console.Error.WriteLine("ublk-aot: --metrics: " + e.Message);
+        }
     }
 
     /// <summary>An HTTP/1.1 response, whole (head and body).</summary>
@@ -308,21 +277,5 @@ public sealed unsafe class MetricsServer : IDisposable
     }
 
     /// <summary>Stops the thread (a request in progress finishes first), closes the socket, removes a unix path that is still ours.</summary>
-    public void Dispose()
-    {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        ulong one = 1;
-        Libc.Write(_wake, &one, 8);
-        _thread?.Join();
-        Libc.Close(_fd);
-        Libc.Close(_wake);
-        if (_ep.UnixPath is { } path)
-        {
-            Libc.StatBuf st;
-            if (Libc.LStat(path, &st) == 0 && st.st_ino == _inode)
-            {
-                try { File.Delete(path); } catch (IOException) { }
-            }
-        }
-    }
+    public void Dispose() => _listener.Dispose();
 }
