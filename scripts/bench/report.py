@@ -448,39 +448,32 @@ def wide_tables(agg, rounds):
     return "\n".join(out)
 
 
-def kublk_ab(agg, suffix, flag):
-    """kublk with FLAG (target kublk-K-SUFFIX) against kublk without it, same boot."""
+def ab_table(agg, pairs, off, on):
+    """A/B of target pairs in one boot: PAIRS = [(server label, target with, target without)]; OFF/ON name the sides."""
     rows = []
-    for k in ("null", "loop"):
-        a, b = f"kublk-{k}-{suffix}", f"kublk-{k}"
+    for label, a, b in pairs:
         for w, l, big in WORKLOADS:
             if (a, w) not in agg or (b, w) not in agg:
                 continue
             f = "mbs" if big else "iops"
             m, rs = ratio_rounds(a, b, w, f)
-            rows.append("| kublk {} | {} | {:,.0f} | {:,.0f} | {} | {:.0f} / {:.0f} |".format(
-                k, l, agg[(b, w)][f], agg[(a, w)][f], fmt_rr(m, rs), agg[(b, w)]["p50"], agg[(a, w)]["p50"]))
+            rows.append("| {} | {} | {:,.0f} | {:,.0f} | {} | {:.0f} / {:.0f} |".format(
+                label, l, agg[(b, w)][f], agg[(a, w)][f], fmt_rr(m, rs), agg[(b, w)]["p50"], agg[(a, w)]["p50"]))
     if not rows:
         return ""
-    return "\n".join([f"| server | workload | without {flag} | with {flag} | with ÷ without (per round) | p50 µs without / with |",
+    return "\n".join([f"| server | workload | {off} | {on} | {on} ÷ {off} (per round) | p50 µs {off} / {on} |",
                        "|---|---|--:|--:|--:|--:|"] + rows)
+
+
+def kublk_ab(agg, suffix, flag):
+    """kublk with FLAG (target kublk-K-SUFFIX) against kublk without it, same boot."""
+    pairs = [(f"kublk {k}", f"kublk-{k}-{suffix}", f"kublk-{k}") for k in ("null", "loop")]
+    return ab_table(agg, pairs, f"without {flag}", f"with {flag}")
 
 
 def latency_ab(agg):
     """aot-null-copy (latency timed, the default) against aot-null-copy-nolat (UBLK_AOT_NO_LATENCY=1), same boot."""
-    a, b = "aot-null-copy", "aot-null-copy-nolat"
-    rows = []
-    for w, l, big in WORKLOADS:
-        if (a, w) not in agg or (b, w) not in agg:
-            continue
-        f = "mbs" if big else "iops"
-        m, rs = ratio_rounds(a, b, w, f)
-        rows.append("| {} | {:,.0f} | {:,.0f} | {} | {:.0f} / {:.0f} |".format(
-            l, agg[(b, w)][f], agg[(a, w)][f], fmt_rr(m, rs), agg[(b, w)]["p50"], agg[(a, w)]["p50"]))
-    if not rows:
-        return ""
-    return "\n".join(["| workload | timing off | timing on | on ÷ off (per round) | p50 µs off / on |",
-                       "|---|--:|--:|--:|--:|"] + rows)
+    return ab_table(agg, [("ublk-aot null copy", "aot-null-copy", "aot-null-copy-nolat")], "timing off", "timing on")
 
 
 def targets_check(agg):
