@@ -38,6 +38,13 @@ if [[ -z ${UBLK_UAPI_INCLUDE:-} ]]; then
   if inc=$(scripts/uapi-headers.sh); then export UBLK_UAPI_INCLUDE=$inc; else log "could not fetch the UAPI headers (the ABI tests will fail)"; fi
 fi
 
+# Host tests run some tools for real (promtool checks the /metrics exposition): the host packages of the VM bench
+# (vm-setup.sh step 1) are installed first, also on a fresh clone and with UBLK_HOST_ONLY=1.
+if ! VM_SETUP_HOST_ONLY=1 scripts/vm-setup.sh; then
+  log "FAILED: the host packages could not be installed (scripts/vm-setup.sh step 1)"
+  extra_failed=$((extra_failed + 1))
+fi
+
 t0=$SECONDS
 log "host tests"
 dotnet test Ublk.Aot.Tests -c Release --no-build --filter "Category!=Integration&Category!=Initramfs" \

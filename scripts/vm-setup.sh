@@ -25,6 +25,8 @@
 #                       (newest match wins); KPKG=<exact package name>
 #   VNG_SUITE=trixie    suite to take virtme-ng from
 #   FORCE=1             refresh: re-resolve and re-download kernel and vng
+#   VM_SETUP_HOST_ONLY=1  step 1 only (the host packages, which some host
+#                       tests also run for real: promtool), then exit
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 LOG_TAG=vm-setup
@@ -77,6 +79,10 @@ if ((${#missing[@]})); then
   log "installing host packages: ${missing[*]}"
   apt-get -qq update
   apt-get -y -qq install --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [[ ${VM_SETUP_HOST_ONLY:-0} == 1 ]]; then
+  log "host packages ready in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  exit 0
 fi
 
 # --------------------------------------------------------- 2. virtme-ng
