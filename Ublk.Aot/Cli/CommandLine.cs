@@ -53,6 +53,12 @@ public static class CommandLine
                     stop and remove ublk devices (--dead: those whose server is gone; --safe: refuse, exit 1,
                     while /dev/ublkbID is open or mounted, naming who holds it; TRY_STOP_DEV, 7.x)
           features [--json] the ublk features of the running kernel
+          serve --config FILE
+                    serve with the options of FILE (KEY=VALUE lines, KEY = a serve option without "--", switches
+                    take yes|no; backend= and id= required; used by ublk-aot@NAME.service with /etc/ublk-aot/NAME.conf)
+          install [--prefix DIR] [--force]
+                    put the systemd unit, udev rule, modprobe.d/modules-load.d files, an example config and a copy
+                    of this binary (/usr/local/sbin) under DIR (/); a changed file is refused unless --force
           --version         print the version
 
         every command takes --timeout SECONDS: the deadline of each control command (30; 0 = none);
@@ -85,7 +91,9 @@ public static class CommandLine
                 "del" => Delete(rest),
                 "resize" => Resize(rest),
                 "stats" => Stats(rest),
-                _ => throw new UsageException("unknown command '" + cmd + "' (serve, recover, upgrade, resize, stats, list, del, features, --version)"),
+                "install" => Install.Run(rest),
+                "udev-name" => Install.UdevName(rest),
+                _ => throw new UsageException("unknown command '" + cmd + "' (serve, recover, upgrade, resize, stats, list, del, features, install, --version)"),
             };
         }
         catch (UblkAotException e)

@@ -23,66 +23,86 @@ public static class Serve
         public MetricsEndpoint? Metrics;
         /// <summary>`recover`: the device must be waiting for recovery (no new device is made).</summary>
         public bool MustRecover;
+        /// <summary>`serve --config DIR/NAME.conf`: NAME, the device's name for udev (/dev/disk/by-ublk/NAME).</summary>
+        public string? Name;
+        /// <summary>`serve --config`: "FILE:LINE: " of the backend= line, to name it in a refusal of the SPEC.</summary>
+        public string? BackendWhere;
     }
 
     public static Args Parse(string[] argv, bool backendRequired = true)
     {
         var a = new Args();
-        DeviceOptions d = a.Device;
         for (int i = 0; i < argv.Length; i++)
+            if (!Option(a, argv, ref i)) throw new UsageException("serve: unknown option '" + argv[i] + "'");
+        return Finish(a, backendRequired, "serve: ");
+    }
+
+    /// <summary>
+    /// Applies the serve option at argv[i] (and its value, advancing i) to <paramref name="a"/>; false when argv[i] is
+    /// not a serve option. The one parser of option values: the command line and `serve --config FILE` both use it.
+    /// </summary>
+    internal static bool Option(Args a, string[] argv, ref int i)
+    {
+        DeviceOptions d = a.Device;
+        string arg = argv[i];
+        // The limits and their wording live in DeviceOptions (from the kernel's constants): a value out of range is
+        // refused here in those words, and Validate checks the whole set in Finish.
+        switch (arg)
         {
-            string arg = argv[i];
-            string Value()
+            case "--backend": a.Backend = Value(argv, ref i); break;
+            case "--queues": d.Queues = Int(DeviceOptions.QueuesRange, Value(argv, ref i)); break;
+            case "--depth": d.Depth = Int(DeviceOptions.DepthRange, Value(argv, ref i)); break;
+            case "--block-size":
+                // Not a number: 0, which Validate refuses in its own words.
+                d.BlockSize = uint.TryParse(Value(argv, ref i), NumberStyles.None, CultureInfo.InvariantCulture, out uint bs) ? bs : 0;
+                break;
+            case "--max-io":
             {
-                if (i + 1 >= argv.Length) throw new UsageException("serve: " + arg + " needs a value");
-                return argv[++i];
+                string v = Value(argv, ref i);
+                if (!Sizes.TryParse(v, out ulong bytes)) throw new UsageException("serve: " + Sizes.Invalid(v, "--max-io"));
+                if (DeviceOptions.ValidateMaxIo(bytes) is { } bad) throw new UsageException("serve: " + bad);
+                d.MaxIoBytes = (uint)bytes;
+                break;
             }
-            // The limits and their wording live in DeviceOptions (from the kernel's constants): a value out of range is
-            // refused here in those words, and Validate checks the whole set below.
-            switch (arg)
+            case "--read-only": d.ReadOnly = true; break;
+            case "--id": d.Id = Int(DeviceOptions.IdRange, Value(argv, ref i)); break;
+            case "--cpus": d.Cpus = ParseCpuList(Value(argv, ref i)); break;
+            case "--stats": a.Stats = true; break;
+            case "--metrics":
+                a.Metrics = MetricsEndpoint.TryParse(Value(argv, ref i), out string? metricsError) ?? throw new UsageException("serve: " + metricsError);
+                break;
+            case "--fixed-buffers": d.FixedBuffers = true; break;
+            case "--huge-buffers": d.HugeBuffers = true; break;
+            case "--no-partition-scan": d.NoPartitionScan = true; break;
+            case "--recovery":
             {
-                case "--backend": a.Backend = Value(); break;
-                case "--queues": d.Queues = Int(DeviceOptions.QueuesRange, Value()); break;
-                case "--depth": d.Depth = Int(DeviceOptions.DepthRange, Value()); break;
-                case "--block-size":
-                    // Not a number: 0, which Validate refuses in its own words.
-                    d.BlockSize = uint.TryParse(Value(), NumberStyles.None, CultureInfo.InvariantCulture, out uint bs) ? bs : 0;
-                    break;
-                case "--max-io":
-                {
-                    string v = Value();
-                    if (!Sizes.TryParse(v, out ulong bytes)) throw new UsageException("serve: " + Sizes.Invalid(v, "--max-io"));
-                    if (DeviceOptions.ValidateMaxIo(bytes) is { } bad) throw new UsageException("serve: " + bad);
-                    d.MaxIoBytes = (uint)bytes;
-                    break;
-                }
-                case "--read-only": d.ReadOnly = true; break;
-                case "--id": d.Id = Int(DeviceOptions.IdRange, Value()); break;
-                case "--cpus": d.Cpus = ParseCpuList(Value()); break;
-                case "--stats": a.Stats = true; break;
-                case "--metrics":
-                    a.Metrics = MetricsEndpoint.TryParse(Value(), out string? metricsError) ?? throw new UsageException("serve: " + metricsError);
-                    break;
-                case "--fixed-buffers": d.FixedBuffers = true; break;
-                case "--huge-buffers": d.HugeBuffers = true; break;
-                case "--no-partition-scan": d.NoPartitionScan = true; break;
-                case "--recovery":
-                {
-                    string v = Value();
-                    d.Recovery = StateFile.ParseRecovery(v) ?? throw new UsageException("serve: --recovery must be reissue, fail-io or off, got '" + v + "'");
-                    break;
-                }
-                case "--io-mode":
-                {
-                    string v = Value();
-                    d.IoMode = IoModes.Parse(v) ?? throw new UsageException("serve: --io-mode must be " + string.Join(", ", IoModes.Names) + ", got '" + v + "'");
-                    break;
-                }
-                case "--idle-release": d.IdleRelease = TimeSpan.FromSeconds(Int(DeviceOptions.IdleReleaseRange, Value())); break;
-                default: throw new UsageException("serve: unknown option '" + arg + "'");
+                string v = Value(argv, ref i);
+                d.Recovery = StateFile.ParseRecovery(v) ?? throw new UsageException("serve: --recovery must be reissue, fail-io or off, got '" + v + "'");
+                break;
             }
+            case "--io-mode":
+            {
+                string v = Value(argv, ref i);
+                d.IoMode = IoModes.Parse(v) ?? throw new UsageException("serve: --io-mode must be " + string.Join(", ", IoModes.Names) + ", got '" + v + "'");
+                break;
+            }
+            case "--idle-release": d.IdleRelease = TimeSpan.FromSeconds(Int(DeviceOptions.IdleReleaseRange, Value(argv, ref i))); break;
+            default: return false;
         }
-        if (d.Validate() is { } invalid) throw new UsageException("serve: " + invalid);
+        return true;
+    }
+
+    private static string Value(string[] argv, ref int i)
+    {
+        if (i + 1 >= argv.Length) throw new UsageException("serve: " + argv[i] + " needs a value");
+        return argv[++i];
+    }
+
+    /// <summary>Checks the options as a whole (<paramref name="where"/> starts each refusal) and sets the test seams.</summary>
+    internal static Args Finish(Args a, bool backendRequired, string where)
+    {
+        DeviceOptions d = a.Device;
+        if (d.Validate() is { } invalid) throw new UsageException(where + invalid);
         // Test seams, not options: only the integration tests set this.
         string hook = Environment.GetEnvironmentVariable("UBLK_AOT_TEST_HOOK") ?? "";
         d.TestHoldFetch = hook == "hold-fetch";
@@ -119,7 +139,7 @@ public static class Serve
         return cpus.ToArray();
     }
 
-    public static int Run(string[] argv) => Run(Parse(argv));
+    public static int Run(string[] argv) => Run(Array.IndexOf(argv, ServeConfig.Option) >= 0 ? ServeConfig.Load(argv) : Parse(argv));
 
     /// <summary>
     /// ublk-aot recover ID [--backend SPEC [serve options]] [--stats]: a new server for device ID, whose server died.
@@ -156,7 +176,9 @@ public static class Serve
         // --metrics is bound first, before the backend is opened (a file may be created) or the device made: an
         // address in use is refused in one line with nothing left behind. It answers once the device is live.
         using MetricsServer? metrics = a.Metrics is { } ep ? MetricsServer.Bind(ep) : null;
-        BackendSpec spec = BackendTable.Parse(a.Backend!, new SpecContext(a.Device.ReadOnly));
+        BackendSpec spec;
+        try { spec = BackendTable.Parse(a.Backend!, new SpecContext(a.Device.ReadOnly)); }
+        catch (SpecException e) when (a.BackendWhere != null) { throw new UsageException(a.BackendWhere + e.Message); }
         using (spec)
         {
             return spec.Build(new Runner(a, spec, metrics));
@@ -203,6 +225,8 @@ public static class Serve
                 void BeforeLive(UblkDevice d)
                 {
                     SaveState(d, a);
+                    // udev reads the name when the disk appears at START_DEV (60-ublk-aot.rules: ublk-aot udev-name).
+                    SaveName(d.Id, a.Name);
                     control = ControlSocket.Bind(d.Id);
                 }
                 try
@@ -233,6 +257,10 @@ public static class Serve
                         ", max io " + Sizes.Format(info.max_io_buf_bytes) + (a.Device.ReadOnly ? ", read-only" : "") +
                         ", recovery " + DeviceOptions.RecoveryName(a.Device.Recovery) + ", io mode " + IoModes.Name(a.Device.IoMode) +
                         ", kernel features 0x" + ctrl.Features.ToString("x", CultureInfo.InvariantCulture));
+                    // The device is live (START_DEV or END_USER_RECOVERY done): a Type=notify unit is now started.
+                    SdNotify.Notify("READY=1\nSTATUS=" + (dev.Recovered ? "recovered and serving " : "serving ") + dev.BlockDevicePath + " from " +
+                        spec.Describe() + ", " + Sizes.Format(caps.Size) + ", " + info.nr_hw_queues + " queue(s), io mode " + IoModes.Name(a.Device.IoMode) +
+                        ", recovery " + DeviceOptions.RecoveryName(a.Device.Recovery));
                     using (control)
                     {
                         control!.Start(("resize", req => Resize(ctrl, dev, spec, a, req)),
@@ -243,6 +271,7 @@ public static class Serve
                         try { why = Wait(ctrl, dev, stop, handOver); }
                         finally { metrics?.Dispose(); }
                     }
+                    SdNotify.Notify("STOPPING=1\nSTATUS=" + why + "; " + (dev.HandedOver ? "handing " + dev.BlockDevicePath + " over" : "stopping " + dev.BlockDevicePath));
                     if (dev.HandedOver)
                     {
                         handedOver = true;
@@ -279,6 +308,20 @@ public static class Serve
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new UblkException("cannot write the state file " + StateFile.PathOf(dev.Id) + ": " + e.Message);
+        }
+    }
+
+    /// <summary>The name file of a device served from a config (udev's /dev/disk/by-ublk/NAME); a stale one of an earlier device goes.</summary>
+    private static void SaveName(uint id, string? name)
+    {
+        try
+        {
+            if (name != null) StateFile.WriteName(id, name);
+            else StateFile.DeleteName(id);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UblkException("cannot write the name file " + StateFile.NamePathOf(id) + ": " + e.Message);
         }
     }
 

@@ -107,10 +107,44 @@ public static class StateFile
         }
     }
 
-    /// <summary>Removes the state file of device <paramref name="id"/>, if any.</summary>
+    /// <summary>Removes the state file (and the name file) of device <paramref name="id"/>, if any.</summary>
     public static void Delete(uint id)
     {
         try { File.Delete(PathOf(id)); }
+        catch (DirectoryNotFoundException) { }
+        DeleteName(id);
+    }
+
+    /// <summary>
+    /// ID.name: the config name of a device started by `serve --config DIR/NAME.conf`, one line, written atomically
+    /// before START_DEV (so that udev, which asks `ublk-aot udev-name ublkbID` when the disk appears, finds it) and
+    /// removed with the device. Any device, recoverable or not, served from a config has one.
+    /// </summary>
+    public static string NamePathOf(uint id) => System.IO.Path.Combine(Directory, id.ToString(CultureInfo.InvariantCulture) + ".name");
+
+    public static void WriteName(uint id, string name)
+    {
+        System.IO.Directory.CreateDirectory(Directory);
+        string path = NamePathOf(id);
+        string tmp = path + ".tmp." + Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
+        File.WriteAllText(tmp, name + "\n");
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    /// <summary>The config name of device <paramref name="id"/>, or null (no file, unreadable, or not a valid name).</summary>
+    public static string? ReadName(uint id)
+    {
+        try
+        {
+            string name = File.ReadAllText(NamePathOf(id)).Trim();
+            return ServeConfig.ValidName(name) ? name : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
+    }
+
+    public static void DeleteName(uint id)
+    {
+        try { File.Delete(NamePathOf(id)); }
         catch (DirectoryNotFoundException) { }
     }
 

@@ -254,6 +254,8 @@ internal static unsafe partial class Libc
     // Unix-domain stream sockets (the server's control socket, /run/ublk-aot/ID.sock).
     public const int AF_UNIX = 1;
     public const int SOCK_STREAM = 1;
+    public const int SOCK_DGRAM = 2;
+    public const int MSG_NOSIGNAL = 0x4000;
     public const int SOCK_CLOEXEC = 0x80000;
     public const int SEEK_DATA = 3;
 
@@ -326,6 +328,9 @@ internal static unsafe partial class Libc
     /// <summary>inet_pton(3): 1 if <paramref name="src"/> is an address of family <paramref name="af"/> (written to dst).</summary>
     [LibraryImport(Lib, EntryPoint = "inet_pton", StringMarshalling = StringMarshalling.Utf8)]
     public static partial int InetPton(int af, string src, void* dst);
+
+    [LibraryImport(Lib, EntryPoint = "sendto", SetLastError = true)]
+    public static partial nint SendTo(int fd, byte* buf, nuint len, int flags, SockAddrUn* addr, uint addrLen);
 
     [LibraryImport(Lib, EntryPoint = "chmod", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Chmod(string path, uint mode);
