@@ -55,10 +55,10 @@ public sealed class ServerProcess : IDisposable
     public static ServerProcess Start(string args, int timeoutMs = 60_000) => StartCommand("serve " + args, timeoutMs);
 
     /// <summary>Starts `ublk-aot COMMAND_LINE` (serve or recover) and waits until it prints its live device.</summary>
-    public static ServerProcess StartCommand(string commandLine, int timeoutMs = 60_000)
+    public static ServerProcess StartCommand(string commandLine, int timeoutMs = 60_000, params (string Name, string Value)[] env)
     {
         IntegrationEnv.Require();
-        var s = new ServerProcess(commandLine);
+        var s = new ServerProcess(commandLine, env);
         if (!s._firstLine.Wait(timeoutMs) || s._device == null)
         {
             string exit = s._p.HasExited ? "exit " + s._p.ExitCode : "still running";

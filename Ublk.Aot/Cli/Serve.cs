@@ -226,7 +226,7 @@ public static class Serve
                 {
                     SaveState(d, a);
                     // udev reads the name when the disk appears at START_DEV (60-ublk-aot.rules: ublk-aot udev-name).
-                    SaveName(d.Id, a.Name);
+                    SaveName(d.Id, a.Name, keep: recover);
                     control = ControlSocket.Bind(d.Id);
                 }
                 try
@@ -311,13 +311,16 @@ public static class Serve
         }
     }
 
-    /// <summary>The name file of a device served from a config (udev's /dev/disk/by-ublk/NAME); a stale one of an earlier device goes.</summary>
-    private static void SaveName(uint id, string? name)
+    /// <summary>
+    /// The name file of a device served from a config (udev's /dev/disk/by-ublk/NAME). Without a config, a new device
+    /// drops a stale one of an earlier device with its id; a recovered one (`recover`, `upgrade`) keeps its name.
+    /// </summary>
+    private static void SaveName(uint id, string? name, bool keep)
     {
         try
         {
             if (name != null) StateFile.WriteName(id, name);
-            else StateFile.DeleteName(id);
+            else if (!keep) StateFile.DeleteName(id);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
