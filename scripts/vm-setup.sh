@@ -63,7 +63,7 @@ HOST_PKGS=(
   qemu-system-x86 udev busybox-static kmod util-linux util-linux-extra fdisk
   fio e2fsprogs xz-utils strace gcc make file iproute2 kbd prometheus curl
   python3 python3-argcomplete python3-requests python3-pkg-resources
-  debian-archive-keyring systemd
+  debian-archive-keyring systemd groff-base
 )
 
 t0=$(date +%s%N)

@@ -17,75 +17,37 @@ public static class CommandLine
 {
     public const string Version = "0.1.0";
 
-    public static readonly string Usage = """
-        usage: ublk-aot COMMAND [OPTIONS]
-
-          serve --backend SPEC [--queues N] [--depth N] [--block-size 512|4096] [--max-io BYTES]
-                [--read-only] [--id N] [--cpus LIST] [--idle-release SECONDS] [--fixed-buffers] [--huge-buffers]
-                [--recovery reissue|fail-io|off] [--no-partition-scan]
-                [--io-mode auto|copy|user-copy|zero-copy|auto-buf-reg] [--stats]
-                [--metrics unix:PATH|IP:PORT]
-                    create /dev/ublkbN served by this process until SIGINT/SIGTERM;
-                    --io-mode: how request data moves (auto: the fastest this kernel and backend allow; see README);
-                    --recovery: the device outlives this server's death and waits for `recover`
-                    (reissue: I/O waits and requests in flight are re-issued; fail-io: I/O fails meanwhile);
-                    with --id N, a device N whose server died is recovered instead of created;
-                    a queue idle for --idle-release seconds (20; 0 = never) frees its buffers' pages;
-                    --fixed-buffers registers them with io_uring for file I/O (pins depth x max-io per queue);
-                    --huge-buffers puts them on transparent huge pages;
-                    --no-partition-scan: the kernel does not scan the new disk for partitions (7.0+);
-                    --metrics: serve HTTP GET /metrics (Prometheus text format) on a unix socket or
-                    an IP literal and port (127.0.0.1:9101, [::1]:9101)
-          recover ID [--backend SPEC [serve options]] [--stats]
-                    serve device ID again after its server died (SPEC and options from its state file
-                    in /run/ublk-aot unless given)
-          upgrade ID [--binary PATH] [--stats]
-                    hand device ID from its live server to a new one (this binary or PATH) without a failed
-                    request: QUIESCE_DEV where the kernel has it, else the server commits and leaves (SIGUSR1)
-                    and the kernel re-issues the rest; the old server exits 0 and this process becomes the
-                    new server (exec PATH recover ID)
-          resize ID SIZE    change device ID's size while it serves (UPDATE_SIZE, 7.x): a file backend's file grows
-                    with it; a shrink is refused while the file holds data beyond SIZE; mem: cannot be resized
-          stats ID [--json] live counters of device ID from its server: requests, bytes, errors and
-                    in flight per queue, latency percentiles, io mode, recovery and kernel state
-          list [--json]     the kernel's ublk devices, their state and whether their server is alive
-          del ID | --all | --dead | --safe ID
-                    stop and remove ublk devices (--dead: those whose server is gone; --safe: refuse, exit 1,
-                    while /dev/ublkbID is open or mounted, naming who holds it; TRY_STOP_DEV, 7.x)
-          features [--json] the ublk features of the running kernel
-          serve --config FILE
-                    serve with the options of FILE (KEY=VALUE lines, KEY = a serve option without "--", switches
-                    take yes|no; backend= and id= required; used by ublk-aot@NAME.service with /etc/ublk-aot/NAME.conf)
-          install [--prefix DIR] [--force]
-                    put the systemd unit, udev rule, modprobe.d/modules-load.d files, an example config and a copy
-                    of this binary (/usr/local/sbin) under DIR (/); a changed file is refused unless --force
-          --version         print the version
-
-        every command takes --timeout SECONDS: the deadline of each control command (30; 0 = none);
-        one that does not complete in time fails with a line naming it, its device and the kernel
-
-        SPEC, one of:
-        """ + "\n" + BackendTable.Help("  ") + """
-
-
-        sizes take K/M/G/T suffixes (powers of 1024)
-        """;
+    /// <summary>The top-level usage (generated from <see cref="CommandTable"/>).</summary>
+    public static string Usage => CommandTable.Usage();
 
     public static int Run(string[] args)
     {
         try
         {
+            string[] original = args;
             args = TakeTimeout(args);
-            if (args.Length == 0) { Console.Error.WriteLine(Usage); return 2; }
+            if (args.Length == 0) { Console.Error.Write(CommandTable.Usage()); return 2; }
             string cmd = args[0];
             string[] rest = args[1..];
+            switch (cmd)
+            {
+                case "--version" or "version" or "-V":
+                    if (rest.Length > 0) throw new UsageException(cmd + ": unexpected argument '" + rest[0] + "'");
+                    return PrintVersion();
+                case "--help" or "-h":
+                    if (rest.Length > 0) return Help(rest);
+                    Console.Write(CommandTable.Usage());
+                    return 0;
+            }
+            Command c = CommandTable.Find(cmd) ?? throw new UsageException("unknown command '" + cmd + "' (" + CommandNames() + "; ublk-aot --help)");
+            // Unknown, duplicated and value-less options, and extra words, are refused here, before anything is opened.
+            if (CommandTable.Check(c, rest)) { Console.Write(CommandTable.Help(c)); return 0; }
             return cmd switch
             {
-                "--version" or "version" or "-V" => PrintVersion(),
-                "help" or "--help" or "-h" => PrintHelp(),
+                "help" => Help(rest),
                 "features" => Features(rest),
-                "serve" => Serve.Run(rest),
-                "recover" => Serve.Recover(rest),
+                "serve" => ServeInOwnNamespace(original, rest),
+                "recover" => RecoverInOwnNamespace(original, rest),
                 "upgrade" => Upgrade.Run(rest),
                 "list" => ListDevices(rest),
                 "del" => Delete(rest),
@@ -93,7 +55,7 @@ public static class CommandLine
                 "stats" => Stats(rest),
                 "install" => Install.Run(rest),
                 "udev-name" => Install.UdevName(rest),
-                _ => throw new UsageException("unknown command '" + cmd + "' (serve, recover, upgrade, resize, stats, list, del, features, install, --version)"),
+                _ => throw new InvalidOperationException("command '" + cmd + "' is in the table but not dispatched"),
             };
         }
         catch (UblkAotException e)
@@ -101,6 +63,58 @@ public static class CommandLine
             Console.Error.WriteLine("ublk-aot: " + e.Message);
             return e.IsBadInput ? 2 : 1;
         }
+    }
+
+    private static string CommandNames()
+    {
+        var names = new List<string>();
+        foreach (Command c in CommandTable.Commands) if (!c.Hidden) names.Add(c.Name);
+        names.Add("--version");
+        return string.Join(", ", names);
+    }
+
+    /// <summary>
+    /// serve: the arguments are checked in full first (a usage error costs no namespace and no re-exec), then the
+    /// process moves to a mount namespace of its own (<see cref="MountNamespace"/>; this may re-execute the binary
+    /// with <paramref name="original"/>), then it serves.
+    /// </summary>
+    private static int ServeInOwnNamespace(string[] original, string[] rest)
+    {
+        Serve.Parse(rest);
+        MountNamespace.Enter(original);
+        return Serve.Run(rest);
+    }
+
+    private static int RecoverInOwnNamespace(string[] original, string[] rest)
+    {
+        if (rest.Length == 0 || !uint.TryParse(rest[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id) || id > int.MaxValue - 1)
+            throw new UsageException("recover: expected a device id, got '" + (rest.Length == 0 ? "" : rest[0]) + "'");
+        if (rest.Length > 1) Serve.Parse(rest[1..], backendRequired: false);
+        MountNamespace.Enter(original);
+        return Serve.Recover(rest);
+    }
+
+    /// <summary>help [COMMAND] | --man | --bash-completion: on stdout, exit 0.</summary>
+    private static int Help(string[] args)
+    {
+        if (args.Length == 0) { Console.Write(CommandTable.Usage()); return 0; }
+        if (args.Length > 1) throw new UsageException("help: expected one command, --man or --bash-completion");
+        switch (args[0])
+        {
+            case "--man": Console.Write(CommandTable.Man()); return 0;
+            case "--bash-completion": Console.Write(CommandTable.BashCompletion()); return 0;
+        }
+        Command c = CommandTable.Find(args[0]) ?? throw new UsageException("help: unknown command '" + args[0] + "' (" + CommandNames() + ")");
+        Console.Write(CommandTable.Help(c));
+        return 0;
+    }
+
+    /// <summary>A device id word (0 to 2^31-2, digits only), or a usage error naming the command.</summary>
+    internal static uint ParseId(string command, string word)
+    {
+        if (!uint.TryParse(word, NumberStyles.None, CultureInfo.InvariantCulture, out uint id) || id > int.MaxValue - 1)
+            throw new UsageException(command + ": '" + word + "' is not a device id");
+        return id;
     }
 
     public static readonly OptionRange TimeoutRange = new("--timeout", 0, 86400);
@@ -116,6 +130,7 @@ public static class CommandLine
     {
         int at = Array.IndexOf(args, "--timeout");
         if (at < 0) return args;
+        if (Array.IndexOf(args, "--timeout", at + 1) > at + 1) throw new UsageException("--timeout given twice");
         if (at + 1 >= args.Length) throw new UsageException("--timeout needs a value (seconds)");
         string v = args[at + 1];
         if (!int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out int seconds) || !TimeoutRange.Contains(seconds))
@@ -127,12 +142,6 @@ public static class CommandLine
     private static int PrintVersion()
     {
         Console.WriteLine("ublk-aot " + Version);
-        return 0;
-    }
-
-    private static int PrintHelp()
-    {
-        Console.WriteLine(Usage);
         return 0;
     }
 
@@ -252,9 +261,7 @@ public static class CommandLine
         if (Array.IndexOf(args, "--safe") >= 0) return SafeDelete(args);
         if (args.Length != 1) throw new UsageException("del: expected one device id, --all or --dead");
         // Every malformed argument is refused before the control device is opened.
-        uint one = 0;
-        if (args[0] != "--all" && args[0] != "--dead" && !uint.TryParse(args[0], NumberStyles.None, CultureInfo.InvariantCulture, out one))
-            throw new UsageException("del: '" + args[0] + "' is not a device id");
+        uint one = args[0] is "--all" or "--dead" ? 0 : ParseId("del", args[0]);
         using var ctrl = OpenControl();
         uint[] ids;
         if (args[0] == "--all") ids = UblkControl.ListDeviceIds();
@@ -308,8 +315,7 @@ public static class CommandLine
     {
         string[] rest = Array.FindAll(args, a => a != "--safe");
         if (args.Length != 2 || rest.Length != 1) throw new UsageException("del --safe: expected one device id");
-        if (!uint.TryParse(rest[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id))
-            throw new UsageException("del --safe: '" + rest[0] + "' is not a device id");
+        uint id = ParseId("del --safe", rest[0]);
         using var ctrl = OpenControl();
         if (ctrl.TryGetDevInfo(id, out ublksrv_ctrl_dev_info info) < 0) throw new UsageException("del: no ublk device " + id);
         if ((info.flags & UblkConst.UBLK_F_SAFE_STOP_DEV) == 0)
@@ -401,8 +407,7 @@ public static class CommandLine
     private static int Resize(string[] args)
     {
         if (args.Length != 2) throw new UsageException("resize: expected a device id and a size, e.g. resize 0 2G");
-        if (!uint.TryParse(args[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id))
-            throw new UsageException("resize: '" + args[0] + "' is not a device id");
+        uint id = ParseId("resize", args[0]);
         if (!Sizes.TryParse(args[1], out ulong bytes)) throw new UsageException("resize: " + Sizes.Invalid(args[1], "size"));
         if (bytes == 0 || bytes % 512 != 0 || bytes > (ulong.MaxValue >> 9) << 9)
             throw new UsageException("resize: the size must be a positive multiple of 512 bytes, got " + bytes);

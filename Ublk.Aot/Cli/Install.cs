@@ -16,6 +16,8 @@ namespace Ublk.Aot.Cli;
 ///   etc/modprobe.d/ublk-aot.conf            ublk_drv's options (commented)
 ///   etc/modules-load.d/ublk-aot.conf        ublk_drv loaded at boot
 ///   etc/ublk-aot/ublk-aot.conf.example      a device config to copy to etc/ublk-aot/NAME.conf
+///   usr/local/share/man/man1/ublk-aot.1     the man page, generated from the command table (= dist/ublk-aot.1)
+///   usr/local/share/bash-completion/completions/ublk-aot   the bash completion (= dist/ublk-aot.bash)
 /// </code>
 /// Idempotent: a file equal to ours is left alone ("unchanged"). A service file that differs (edited by the admin,
 /// or from another version) is refused before anything is written, unless --force; the binary is always replaced
@@ -26,8 +28,14 @@ public static class Install
 {
     public const string BinaryPath = "usr/local/sbin/ublk-aot";
 
-    /// <summary>An embedded file (its LogicalName in Ublk.Aot.csproj), where it goes under the prefix, its mode.</summary>
-    private readonly record struct Item(string Resource, string Path, uint Mode);
+    /// <summary>
+    /// A file to install: an embedded one (its LogicalName in Ublk.Aot.csproj) or, for the man page and the completion,
+    /// the text this binary generates from its command table; where it goes under the prefix, its mode.
+    /// </summary>
+    private readonly record struct Item(string Resource, string Path, uint Mode, Func<string>? Generate = null)
+    {
+        public byte[] Bytes() => Generate is { } g ? System.Text.Encoding.UTF8.GetBytes(g()) : Content(Resource);
+    }
 
     private const uint Rw_r__r__ = 0x1a4; // 0644
     private const uint Rwxr_xr_x = 0x1ed; // 0755
@@ -39,9 +47,9 @@ public static class Install
         new("dist/modprobe.d/ublk-aot.conf", "etc/modprobe.d/ublk-aot.conf", Rw_r__r__),
         new("dist/modules-load.d/ublk-aot.conf", "etc/modules-load.d/ublk-aot.conf", Rw_r__r__),
         new("dist/ublk-aot.conf.example", "etc/ublk-aot/ublk-aot.conf.example", Rw_r__r__),
-        // The man page (usr/local/share/man/man8/ublk-aot.8) and the bash completion
-        // (usr/local/share/bash-completion/completions/ublk-aot) go here once they are generated: one row each,
-        // from an embedded resource or from a generator method (see Content).
+        // bash-completion looks in $XDG_DATA_DIRS/bash-completion/completions, /usr/local/share first by default.
+        new("man page", "usr/local/share/man/man1/ublk-aot.1", Rw_r__r__, CommandTable.Man),
+        new("bash completion", "usr/local/share/bash-completion/completions/ublk-aot", Rw_r__r__, CommandTable.BashCompletion),
     ];
 
     /// <summary>The text of one embedded service file (the tests and `install` read the same bytes).</summary>
@@ -75,7 +83,7 @@ public static class Install
         string self = Environment.ProcessPath ?? "/proc/self/exe";
         var plan = new List<(string Path, byte[] Bytes, uint Mode, bool Always)>();
         plan.Add((Path.Combine(prefix, BinaryPath), File.ReadAllBytes(self), Rwxr_xr_x, true));
-        foreach (Item it in Items) plan.Add((Path.Combine(prefix, it.Path), Content(it.Resource), it.Mode, false));
+        foreach (Item it in Items) plan.Add((Path.Combine(prefix, it.Path), it.Bytes(), it.Mode, false));
 
         // Every conflict is found before anything is written: a refused install changes nothing.
         var changed = new List<string>();

@@ -190,6 +190,8 @@ public static class Serve
         public int Use<TBackend>(TBackend backend, BackendCaps caps, int[] files) where TBackend : struct, IBackend
         {
             if (a.Device.ValidateFor(caps) is { } invalid) throw new UsageException("serve: " + invalid);
+            // The backend is open: no mount of a ublk disk stays in this server's namespace (see MountNamespace).
+            MountNamespace.DetachUblkMounts();
 
             using var stop = new ManualResetEventSlim(false);
             using var handOver = new ManualResetEventSlim(false);

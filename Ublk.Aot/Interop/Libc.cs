@@ -121,6 +121,26 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "execv", SetLastError = true)]
     public static partial int Execv(byte* path, byte** argv);
 
+    // Mount namespaces (serve runs in its own: see Cli/MountNamespace.cs). x86-64 / uapi values.
+    public const int CLONE_NEWNS = 0x00020000;
+    public const ulong MS_REC = 16384;
+    public const ulong MS_PRIVATE = 1 << 18;
+    public const int MNT_DETACH = 2;
+
+    /// <summary>unshare(2): this thread leaves the namespaces named in <paramref name="flags"/> for new ones.</summary>
+    [LibraryImport(Lib, EntryPoint = "unshare", SetLastError = true)]
+    public static partial int Unshare(int flags);
+
+    [LibraryImport(Lib, EntryPoint = "mount", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Mount(string? source, string target, string? fstype, ulong flags, nint data);
+
+    [LibraryImport(Lib, EntryPoint = "umount2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Umount2(string target, int flags);
+
+    /// <summary>setenv(3): the C environment, which execv passes on (.NET's Environment keeps its own copy).</summary>
+    [LibraryImport(Lib, EntryPoint = "setenv", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int SetEnv(string name, string value, int overwrite);
+
     [LibraryImport(Lib, EntryPoint = "access", SetLastError = true)]
     public static partial int Access(byte* path, int mode);
 
