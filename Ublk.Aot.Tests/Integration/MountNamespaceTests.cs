@@ -17,7 +17,8 @@ namespace Ublk.Aot.Tests.Integration;
 [Collection(UblkCollection.Name), Trait("Category", "Integration")]
 public sealed class MountNamespaceTests(ITestOutputHelper output)
 {
-    private static string Ns(string path) => File.ResolveLinkTarget(path, false)?.LinkTarget ?? throw new IOException("no " + path);
+    /// <summary>"mnt:[4026532177]": the namespace a /proc/…/ns/mnt link names.</summary>
+    private static string Ns(string path) => global::Ublk.Aot.Interop.Libc.ReadLinkText(path) ?? throw new IOException("cannot read the link " + path);
 
     /// <summary>The process is gone, or only its zombie is left (it has exited).</summary>
     private static bool Exited(int pid)
@@ -73,6 +74,10 @@ public sealed class MountNamespaceTests(ITestOutputHelper output)
             Sh("mkfs.ext4 -q -F " + s.DevicePath + " && mount " + s.DevicePath + " " + mnt);
             Assert.Contains(File.ReadAllLines("/proc/self/mountinfo"), l => l.Contains(" " + mnt + " "));
             Assert.DoesNotContain(File.ReadAllLines("/proc/" + s.Pid + "/mountinfo"), l => l.Contains(" " + mnt + " "));
+            // A server started while a ublk disk is mounted copies that mount with the table, and detaches it.
+            using var later = ServerProcess.Start("--backend mem:16M");
+            Assert.DoesNotContain(File.ReadAllLines("/proc/" + later.Pid + "/mountinfo"), l => l.Contains(" " + mnt + " "));
+            Assert.Equal(0, later.Stop());
         }
         finally { Sh("umount " + mnt, check: false); Directory.Delete(dir, true); }
         Assert.Equal(0, s.Stop());
@@ -89,10 +94,13 @@ public sealed class MountNamespaceTests(ITestOutputHelper output)
     public void A_mount_made_beside_the_server_cannot_hang_its_exit(int signal, string options)
     {
         IntegrationEnv.Require();
+        UblkAot("del --all", 30_000);
         AssertNoDevices();
-        var (pid, id, dir) = StartInMountedNamespace(options, hook: false);
+        int pid = 0;
+        string dir = TempDir("mntns-fix");
         try
         {
+            (pid, int id) = StartInMountedNamespace(dir, options, hook: false);
             var sw = Stopwatch.StartNew();
             Assert.Equal(0, global::Ublk.Aot.Interop.Libc.Kill(pid, signal));
             bool exited = WaitExited(pid, 30_000);
@@ -110,9 +118,9 @@ public sealed class MountNamespaceTests(ITestOutputHelper output)
         }
         finally
         {
-            if (!Exited(pid)) global::Ublk.Aot.Interop.Libc.Kill(pid, 9);
+            if (pid > 0 && !Exited(pid)) global::Ublk.Aot.Interop.Libc.Kill(pid, 9);
             UblkAot("del --all", 30_000);
-            Directory.Delete(dir, true);
+            Sh("umount -l " + dir + "/mnt 2>/dev/null; rm -rf " + dir, check: false);
         }
     }
 
@@ -125,11 +133,14 @@ public sealed class MountNamespaceTests(ITestOutputHelper output)
     public void Without_its_own_namespace_the_killed_server_hangs_in_exit_until_recovered()
     {
         IntegrationEnv.Require();
+        UblkAot("del --all", 30_000);
         AssertNoDevices();
-        var (pid, id, dir) = StartInMountedNamespace("--recovery reissue", hook: true);
+        int pid = 0;
+        string dir = TempDir("mntns-hook");
         ServerProcess? next = null;
         try
         {
+            (pid, int id) = StartInMountedNamespace(dir, "--recovery reissue", hook: true);
             Assert.Equal(0, global::Ublk.Aot.Interop.Libc.Kill(pid, 9));
             bool exited = WaitExited(pid, 15_000);
             string stacks = Stacks(pid);
@@ -146,8 +157,9 @@ public sealed class MountNamespaceTests(ITestOutputHelper output)
         finally
         {
             next?.Dispose();
+            if (pid > 0 && !Exited(pid)) global::Ublk.Aot.Interop.Libc.Kill(pid, 9);
             UblkAot("del --all", 30_000);
-            Directory.Delete(dir, true);
+            Sh("umount -l " + dir + "/mnt 2>/dev/null; rm -rf " + dir, check: false);
         }
     }
 
@@ -155,9 +167,8 @@ public sealed class MountNamespaceTests(ITestOutputHelper output)
     /// `unshare --mount` shell: serve in the background (stdout/stderr to files), ext4 mounted on its disk, 8 MiB
     /// written without sync, the shell exits. Returns the server's pid and device id.
     /// </summary>
-    private (int Pid, int Id, string Dir) StartInMountedNamespace(string options, bool hook)
+    private (int Pid, int Id) StartInMountedNamespace(string dir, string options, bool hook)
     {
-        string dir = TempDir("mntns-" + (hook ? "hook" : "fix"));
         string img = Path.Combine(dir, "disk.img"), mnt = Path.Combine(dir, "mnt");
         Directory.CreateDirectory(mnt);
         string env = hook ? "UBLK_AOT_TEST_HOOK=no-mntns " : "";
@@ -178,7 +189,7 @@ public sealed class MountNamespaceTests(ITestOutputHelper output)
         output.WriteLine("server pid " + pid + " serves " + dev + "; its mount namespace " + Ns("/proc/" + pid + "/ns/mnt") +
             ", ours " + Ns("/proc/self/ns/mnt") + "; it holds the ext4 mount: " +
             File.ReadAllLines("/proc/" + pid + "/mountinfo").Any(l => l.Contains(" " + mnt + " ")));
-        return (pid, id, dir);
+        return (pid, id);
     }
 }
 

@@ -45,6 +45,9 @@ internal static class MountNamespace
         if (Libc.Unshare(Libc.CLONE_NEWNS) != 0)
         {
             int e = Errno.Last;
+            // EPERM: no CAP_SYS_ADMIN. Such a process cannot make a ublk device either (unprivileged ublk is not
+            // used): the server fails on /dev/ublk-control in its own one line, which a warning here would precede.
+            if (e == Errno.EPERM) return;
             Console.Error.WriteLine("ublk-aot: warning: cannot make a mount namespace of its own (unshare: " + Errno.Name(e) +
                 "); a filesystem mounted on this device in this namespace can hang this server's exit");
             return;
