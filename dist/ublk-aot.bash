@@ -27,7 +27,7 @@ _ublk_aot()
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W '--help --version --timeout' -- "$cur"))
         else
-            COMPREPLY=($(compgen -W 'serve recover upgrade resize list del features help' -- "$cur"))
+            COMPREPLY=($(compgen -W 'serve recover upgrade resize stats list del features install help' -- "$cur"))
         fi
         return
     fi
@@ -37,10 +37,11 @@ _ublk_aot()
             --block-size) COMPREPLY=($(compgen -W '512 4096' -- "$cur")); return ;;
             --recovery) COMPREPLY=($(compgen -W 'reissue fail-io off' -- "$cur")); return ;;
             --io-mode) COMPREPLY=($(compgen -W 'auto copy user-copy zero-copy auto-buf-reg' -- "$cur")); return ;;
-            --backend|--queues|--depth|--max-io|--id|--cpus|--idle-release) return ;;
+            --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            --backend|--queues|--depth|--max-io|--id|--cpus|--idle-release|--metrics) return ;;
         esac
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W '--backend --queues --depth --block-size --max-io --read-only --id --cpus --idle-release --fixed-buffers --huge-buffers --recovery --no-partition-scan --io-mode --stats --timeout --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--backend --config --queues --depth --block-size --max-io --read-only --id --cpus --idle-release --fixed-buffers --huge-buffers --recovery --no-partition-scan --io-mode --metrics --stats --timeout --help' -- "$cur"))
         fi
         ;;
     recover)
@@ -48,10 +49,11 @@ _ublk_aot()
             --block-size) COMPREPLY=($(compgen -W '512 4096' -- "$cur")); return ;;
             --recovery) COMPREPLY=($(compgen -W 'reissue fail-io off' -- "$cur")); return ;;
             --io-mode) COMPREPLY=($(compgen -W 'auto copy user-copy zero-copy auto-buf-reg' -- "$cur")); return ;;
-            --backend|--queues|--depth|--max-io|--id|--cpus|--idle-release) return ;;
+            --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            --backend|--queues|--depth|--max-io|--id|--cpus|--idle-release|--metrics) return ;;
         esac
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W '--backend --queues --depth --block-size --max-io --read-only --id --cpus --idle-release --fixed-buffers --huge-buffers --recovery --no-partition-scan --io-mode --stats --timeout --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--backend --config --queues --depth --block-size --max-io --read-only --id --cpus --idle-release --fixed-buffers --huge-buffers --recovery --no-partition-scan --io-mode --metrics --stats --timeout --help' -- "$cur"))
         else
             COMPREPLY=($(compgen -W "$(_ublk_aot_ids)" -- "$cur"))
         fi
@@ -73,6 +75,13 @@ _ublk_aot()
             COMPREPLY=($(compgen -W "$(_ublk_aot_ids)" -- "$cur"))
         fi
         ;;
+    stats)
+        if [[ $cur == -* ]]; then
+            COMPREPLY=($(compgen -W '--json --timeout --help' -- "$cur"))
+        else
+            COMPREPLY=($(compgen -W "$(_ublk_aot_ids)" -- "$cur"))
+        fi
+        ;;
     list)
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W '--json --timeout --help' -- "$cur"))
@@ -90,11 +99,19 @@ _ublk_aot()
             COMPREPLY=($(compgen -W '--json --timeout --help' -- "$cur"))
         fi
         ;;
+    install)
+        case $prev in
+            --prefix) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        esac
+        if [[ $cur == -* ]]; then
+            COMPREPLY=($(compgen -W '--prefix --force --timeout --help' -- "$cur"))
+        fi
+        ;;
     help)
         if [[ $cur == -* ]]; then
             COMPREPLY=($(compgen -W '--man --bash-completion --timeout --help' -- "$cur"))
         else
-            COMPREPLY=($(compgen -W "serve recover upgrade resize list del features help" -- "$cur"))
+            COMPREPLY=($(compgen -W "serve recover upgrade resize stats list del features install help" -- "$cur"))
         fi
         ;;
     esac

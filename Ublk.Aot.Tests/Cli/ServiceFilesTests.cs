@@ -91,9 +91,9 @@ public sealed class ServiceFilesTests : IDisposable
     }
 
     [Theory]
-    [InlineData("--prefix", "install: --prefix needs a directory")]
+    [InlineData("--prefix", "install: --prefix needs a value (DIR)")]
     [InlineData("--prefix /nonexistent/ublk-aot-root", "install: --prefix /nonexistent/ublk-aot-root: no such directory")]
-    [InlineData("--frobnicate", "install: unexpected argument '--frobnicate'")]
+    [InlineData("--frobnicate", "install: unknown option '--frobnicate' (ublk-aot install --help)")]
     public void Install_refuses_bad_arguments_in_one_line(string args, string message)
     {
         var r = Run(Binary, ["install", .. args.Split(' ')]);

@@ -80,7 +80,7 @@ public static class CommandLine
     /// </summary>
     private static int ServeInOwnNamespace(string[] original, string[] rest)
     {
-        Serve.Parse(rest);
+        Serve.ParseCommandLineOrConfig(rest); // a usage error costs no exec
         MountNamespace.Enter(original);
         return Serve.Run(rest);
     }
@@ -290,7 +290,7 @@ public static class CommandLine
     }
 
     /// <summary>DEL_DEV_ASYNC of a stopped device, its state file, and the wait for its id to go; false if the kernel refused.</summary>
-    private static bool DeleteStopped(UblkControl ctrl, uint id)
+    internal static bool DeleteStopped(UblkControl ctrl, uint id)
     {
         int rc = ctrl.DelDev(id, async: true);
         if (rc < 0 && rc != -Errno.ENODEV && rc != -Errno.ENOENT)

@@ -200,7 +200,7 @@ public static class CommandTable
 
     /// <summary>
     /// The checks every command's arguments pass before its parser runs and before anything is opened: an option the
-    /// command does not have, one given twice, one without its value, one not in this build, too many words. A word
+    /// command does not have, one given twice, one without its value, too many words. A word
     /// that looks like a negative number is a positional word (its command says why it is not an id).
     /// Returns true when --help / -h was asked for (the caller prints the help).
     /// </summary>
@@ -363,8 +363,8 @@ public static class CommandTable
         m.Append(".TP\n.I /dev/ublk\\-control\nthe kernel's ublk control device (module ublk_drv)\n");
         m.Append(".TP\n.I /run/ublk\\-aot/ID.json\n").Append(Roff("the state file of a device made with --recovery: its SPEC and options, read by recover")).Append('\n');
         m.Append(".TP\n.I /run/ublk\\-aot/ID.sock\n").Append(Roff("the control socket of a live server (resize, stats)")).Append('\n');
-        m.Append(".TP\n.I /run/ublk\-aot/ID.name\n").Append(Roff("the name of a device served from a config, for udev's /dev/disk/by-ublk/NAME")).Append('\n');
-        m.Append(".TP\n.I /etc/ublk\-aot/NAME.conf\n").Append(Roff("a device's config (serve --config; the unit ublk-aot@NAME.service reads it)")).Append('\n');
+        m.Append(".TP\n.I /run/ublk\\-aot/ID.name\n").Append(Roff("the name of a device served from a config, for udev's /dev/disk/by-ublk/NAME")).Append('\n');
+        m.Append(".TP\n.I /etc/ublk\\-aot/NAME.conf\n").Append(Roff("a device's config (serve --config; the unit ublk-aot@NAME.service reads it)")).Append('\n');
         m.Append(".SH ENVIRONMENT\n.TP\n.B UBLK_AOT_STATE_DIR\n").Append(Roff("the directory of the state files and control sockets instead of /run/ublk-aot")).Append('\n');
         m.Append(".TP\n.B NOTIFY_SOCKET\n").Append(Roff("set by systemd for Type=notify: serve sends READY=1 once the device is live and STOPPING=1 when it stops")).Append('\n');
         m.Append(".SH EXAMPLES\n.EX\n# modprobe ublk_drv\n# ublk\\-aot serve \\-\\-backend file:/var/lib/disk.img,size=8G \\-\\-recovery reissue &\n/dev/ublkb0\n");

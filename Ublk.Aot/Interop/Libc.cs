@@ -310,7 +310,6 @@ internal static unsafe partial class Libc
     public const int SO_REUSEADDR = 2;
     public const int IPPROTO_IPV6 = 41;
     public const int IPV6_V6ONLY = 26;
-    public const int MSG_NOSIGNAL = 0x4000;
 
     /// <summary>struct sockaddr_in (16 bytes).</summary>
     [StructLayout(LayoutKind.Sequential, Size = 16)]
