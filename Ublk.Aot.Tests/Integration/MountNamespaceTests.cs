@@ -61,6 +61,8 @@ public sealed class MountNamespaceTests(ITestOutputHelper output)
         output.WriteLine("test " + ours + "; server pid " + s.Pid + ", " + tasks.Length + " threads in " + string.Join(", ", spaces));
         Assert.True(spaces.Length == 1, "the server's threads are in " + spaces.Length + " mount namespaces: " + string.Join(", ", spaces));
         Assert.NotEqual(ours, spaces[0]);
+        // The re-exec keeps the server's name (ps, pgrep, systemctl status): not "exe" from /proc/self/exe.
+        Assert.Equal(Path.GetFileName(Binary), File.ReadAllText("/proc/" + s.Pid + "/comm").Trim());
         // No propagation either way: no "shared:N" peer group on any of the server's mounts.
         string[] shared = File.ReadAllLines("/proc/" + s.Pid + "/mountinfo").Where(l => l.Contains(" shared:")).ToArray();
         Assert.True(shared.Length == 0, "mounts of the server that still propagate:\n" + string.Join("\n", shared));
@@ -100,7 +102,7 @@ public sealed class MountNamespaceTests(ITestOutputHelper output)
         string dir = TempDir("mntns-fix");
         try
         {
-            (pid, int id) = StartInMountedNamespace(dir, options, hook: false);
+            (pid, int id) = StartInMountedNamespace(dir, options);
             var sw = Stopwatch.StartNew();
             Assert.Equal(0, global::Ublk.Aot.Interop.Libc.Kill(pid, signal));
             bool exited = WaitExited(pid, 30_000);
@@ -124,56 +126,22 @@ public sealed class MountNamespaceTests(ITestOutputHelper output)
         }
     }
 
-    /// <summary>
-    /// The same scenario without the server's own namespace (a test hook): the failure libublk-rs hit. The killed
-    /// server is the last task of the namespace, its exit unmounts the ext4 and the flush waits for the device's next
-    /// server: it does not exit until `recover` serves the device. This shows what the namespace prevents.
-    /// </summary>
-    [Fact]
-    public void Without_its_own_namespace_the_killed_server_hangs_in_exit_until_recovered()
-    {
-        IntegrationEnv.Require();
-        UblkAot("del --all", 30_000);
-        AssertNoDevices();
-        int pid = 0;
-        string dir = TempDir("mntns-hook");
-        ServerProcess? next = null;
-        try
-        {
-            (pid, int id) = StartInMountedNamespace(dir, "--recovery reissue", hook: true);
-            Assert.Equal(0, global::Ublk.Aot.Interop.Libc.Kill(pid, 9));
-            bool exited = WaitExited(pid, 15_000);
-            string stacks = Stacks(pid);
-            output.WriteLine("without the namespace, 15 s after SIGKILL: " + (exited ? "exited" : "still there") + "\n" + stacks);
-            Assert.False(exited, "the server exited: the hang the namespace prevents was not reproduced on " +
-                File.ReadAllText("/proc/sys/kernel/osrelease").Trim());
-            next = ServerProcess.StartCommand("recover " + id, 60_000);
-            bool freed = WaitExited(pid, 30_000);
-            output.WriteLine("after recover: the old server " + (freed ? "exited" : "is still there"));
-            Assert.True(freed, "the old server did not exit after recover:\n" + Stacks(pid));
-            Assert.Equal(0, next.Stop());
-            AssertNoDevices(20_000);
-        }
-        finally
-        {
-            next?.Dispose();
-            if (pid > 0 && !Exited(pid)) global::Ublk.Aot.Interop.Libc.Kill(pid, 9);
-            UblkAot("del --all", 30_000);
-            Sh("umount -l " + dir + "/mnt 2>/dev/null; rm -rf " + dir, check: false);
-        }
-    }
+    // The same scenario without the server's own namespace (UBLK_AOT_TEST_HOOK=no-mntns on the serve line) is the
+    // failure libublk-rs hit, reproduced by hand on 6.12.117 (AGENTS.md): the killed server, the last task of the
+    // shell's namespace, unmounts the ext4 in do_exit and the flush waits for the device's next server; `recover`
+    // did not free it within 30 s, nor did `del` (session 7), so the task stays in D state with its device. It is
+    // not a test of the suite: it would leave every later test a device it cannot remove.
 
     /// <summary>
     /// `unshare --mount` shell: serve in the background (stdout/stderr to files), ext4 mounted on its disk, 8 MiB
     /// written without sync, the shell exits. Returns the server's pid and device id.
     /// </summary>
-    private (int Pid, int Id) StartInMountedNamespace(string dir, string options, bool hook)
+    private (int Pid, int Id) StartInMountedNamespace(string dir, string options)
     {
         string img = Path.Combine(dir, "disk.img"), mnt = Path.Combine(dir, "mnt");
         Directory.CreateDirectory(mnt);
-        string env = hook ? "UBLK_AOT_TEST_HOOK=no-mntns " : "";
         string script =
-            env + Binary + " serve --backend file:" + img + ",size=64M " + options + " > " + dir + "/out 2> " + dir + "/err & " +
+            Binary + " serve --backend file:" + img + ",size=64M " + options + " > " + dir + "/out 2> " + dir + "/err & " +
             "echo $! > " + dir + "/pid; " +
             "for i in $(seq 600); do grep -q /dev/ublkb " + dir + "/out && break; sleep 0.1; done; " +
             "dev=$(head -1 " + dir + "/out); test -b \"$dev\" || { cat " + dir + "/err; exit 1; }; " +

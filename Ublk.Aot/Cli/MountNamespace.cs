@@ -68,8 +68,12 @@ internal static class MountNamespace
         argv.CopyTo(args, 1);
         Console.Out.Flush();
         Console.Error.Flush();
-        int err = Libc.Exec("/proc/self/exe", args);
-        throw new UblkException("cannot re-execute /proc/self/exe in the server's mount namespace: " + Errno.Name(err), err);
+        // The path given to execve names the new image (its comm: what ps, pgrep and systemctl status show), so
+        // /proc/self/exe would rename the server "exe". The binary's own path, unless it was removed or renamed
+        // over since it started (then " (deleted)"): /proc/self/exe still reaches the running file.
+        string self = Environment.ProcessPath is { } p && !p.EndsWith(" (deleted)", StringComparison.Ordinal) && File.Exists(p) ? p : "/proc/self/exe";
+        int err = Libc.Exec(self, args);
+        throw new UblkException("cannot re-execute " + self + " in the server's mount namespace: " + Errno.Name(err), err);
     }
 
     /// <summary>

@@ -139,7 +139,10 @@ public static class Serve
         return cpus.ToArray();
     }
 
-    public static int Run(string[] argv) => Run(Array.IndexOf(argv, ServeConfig.Option) >= 0 ? ServeConfig.Load(argv) : Parse(argv));
+    /// <summary>serve's arguments: the command line, or with --config FILE the file's.</summary>
+    public static Args ParseCommandLineOrConfig(string[] argv) => Array.IndexOf(argv, ServeConfig.Option) >= 0 ? ServeConfig.Load(argv) : Parse(argv);
+
+    public static int Run(string[] argv) => Run(ParseCommandLineOrConfig(argv));
 
     /// <summary>
     /// ublk-aot recover ID [--backend SPEC [serve options]] [--stats]: a new server for device ID, whose server died.
@@ -211,6 +214,16 @@ public static class Serve
                 {
                     existing = Settle(ctrl, (uint)a.Device.Id, existing);
                     recover |= UblkDevice.WaitsForRecovery(existing);
+                    // A config's device (the unit's own id) made without recovery, whose server died: nothing can serve
+                    // it again, and a restart must not stop at "id in use". Removed, then made anew from the same backend.
+                    if (!recover && a.Name != null && !CommandLine.ServerAlive(existing))
+                    {
+                        Console.Error.WriteLine("ublk-aot: device " + a.Device.Id + " of a dead server (pid " + existing.ublksrv_pid +
+                            ", recovery " + CommandLine.RecoveryOf(existing) + ") is removed and made again");
+                        ctrl.StopDev((uint)a.Device.Id);
+                        if (!CommandLine.DeleteStopped(ctrl, (uint)a.Device.Id))
+                            throw new UblkException("device " + a.Device.Id + " of a dead server could not be removed", Errno.EBUSY);
+                    }
                 }
                 // The io mode: a recovered device keeps its own (UblkDevice.Recover); a new one gets the requested mode,
                 // or auto's pick, refused here in one line if the backend or the kernel cannot have it.
