@@ -515,6 +515,7 @@ run_extras() {
     dev_up "$t" 1 "$pre.err" || continue
     # perf.data on the guest tmpfs: perf record writes through mmap, which
     # fails on the 9p-shared OUTDIR ("failed to write perf data, error: Bad address").
+    if [[ $t == aot-* ]]; then pid=$SRV_PID; else pid=$KUBLK_PID; fi
     FIO_WRAP=(perf record -a -g -F 499 -e cpu-clock -o "$WORK/prof.data" --)
     run_fio "$pre.json" "$DEV" 5 "$job"
     FIO_WRAP=()
@@ -525,8 +526,8 @@ run_extras() {
       perf report -i "$WORK/prof.data" --stdio --no-children --sort comm -g none --percent-limit 0.5 2>/dev/null | grep -v '^$'
       echo "## by thread name and symbol"
       perf report -i "$WORK/prof.data" --stdio --no-children --sort comm,dso,sym -g none --percent-limit 0.4 2>/dev/null | grep -v '^$'
-      echo "## call graphs of the server's threads (callers, > 2%)"
-      perf report -i "$WORK/prof.data" --stdio --no-children --comms "$(basename "$AOT"),kublk" --sort sym -g caller,2,callee --percent-limit 2 2>/dev/null | grep -v '^$' | head -400
+      echo "## call graphs of the server's threads (the whole process, by thread and symbol; callers, > 2%)"
+      perf report -i "$WORK/prof.data" --stdio --no-children --pid "$pid" --sort comm,sym -g caller,2,callee --percent-limit 2 2>/dev/null | grep -v '^$' | head -400
     } > "$pre.txt"
     rm -f "$WORK/prof.data"
     log "profile $t $w: $(iops_of "$pre.json"), $(grep -c . "$pre.txt") lines"
