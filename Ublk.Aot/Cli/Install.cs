@@ -85,29 +85,34 @@ public static class Install
         plan.Add((Path.Combine(prefix, BinaryPath), File.ReadAllBytes(self), Rwxr_xr_x, true));
         foreach (Item it in Items) plan.Add((Path.Combine(prefix, it.Path), it.Bytes(), it.Mode, false));
 
-        // Every conflict is found before anything is written: a refused install changes nothing.
+        // Each file's state, read once: missing, equal to ours, or different. Every conflict is found before anything
+        // is written: a refused install changes nothing.
+        var state = new Have[plan.Count];
         var changed = new List<string>();
-        foreach (var p in plan)
-            if (!p.Always && File.Exists(p.Path) && !Same(p.Path, p.Bytes)) changed.Add(p.Path);
+        for (int k = 0; k < plan.Count; k++)
+        {
+            state[k] = !File.Exists(plan[k].Path) ? Have.Missing : Same(plan[k].Path, plan[k].Bytes) ? Have.Equal : Have.Different;
+            if (state[k] == Have.Different && !plan[k].Always) changed.Add(plan[k].Path);
+        }
         if (changed.Count > 0 && !force)
             throw new UsageException("install: " + string.Join(", ", changed) + (changed.Count == 1 ? " differs" : " differ") +
                 " from this ublk-aot's copy (changed locally, or another version); nothing was written; --force replaces " + (changed.Count == 1 ? "it" : "them") +
                 " (for local changes, a drop-in such as /etc/systemd/system/ublk-aot@.service.d/*.conf survives installs)");
 
-        foreach (var p in plan)
+        for (int k = 0; k < plan.Count; k++)
         {
-            string verb;
-            if (!File.Exists(p.Path)) verb = "installed";
-            else if (Same(p.Path, p.Bytes)) { Console.WriteLine("unchanged " + p.Path); continue; }
-            else verb = "replaced ";
+            var p = plan[k];
+            if (state[k] == Have.Equal) { Console.WriteLine("unchanged " + p.Path); continue; }
             Write(p.Path, p.Bytes, p.Mode);
-            Console.WriteLine(verb + " " + p.Path);
+            Console.WriteLine((state[k] == Have.Missing ? "installed" : "replaced ") + " " + p.Path);
         }
         if (prefix == "/")
             Console.Error.WriteLine("ublk-aot: next: systemctl daemon-reload; udevadm control --reload; modprobe ublk_drv; " +
                 "cp /etc/ublk-aot/ublk-aot.conf.example /etc/ublk-aot/NAME.conf (edit it); systemctl enable --now ublk-aot@NAME");
         return 0;
     }
+
+    private enum Have { Missing, Equal, Different }
 
     private static bool Same(string path, byte[] bytes)
     {
@@ -118,18 +123,7 @@ public static class Install
 
     private static void Write(string path, byte[] bytes, uint mode)
     {
-        try
-        {
-            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            string tmp = path + ".ublk-aot-install." + Environment.ProcessId;
-            using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
-            {
-                fs.Write(bytes);
-                fs.Flush(flushToDisk: true);
-            }
-            if (Libc.Chmod(tmp, mode) != 0) throw new IOException("chmod: " + Errno.Name(Errno.Last));
-            File.Move(tmp, path, overwrite: true);
-        }
+        try { AtomicFile.Write(path, bytes, mode); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new UblkException("install: cannot write " + path + ": " + e.Message, Errno.EIO);

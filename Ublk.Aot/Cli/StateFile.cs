@@ -30,38 +30,32 @@ public static class StateFile
 
     public static void Write(uint id, string backend, DeviceOptions o)
     {
-        System.IO.Directory.CreateDirectory(Directory);
-        string path = PathOf(id);
-        string tmp = path + ".tmp." + Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
-        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
+        var json = new MemoryStream();
+        using (var w = new Utf8JsonWriter(json, new JsonWriterOptions { Indented = true }))
         {
-            using (var w = new Utf8JsonWriter(fs, new JsonWriterOptions { Indented = true }))
+            w.WriteStartObject();
+            w.WriteNumber("version", FormatVersion);
+            w.WriteNumber("id", id);
+            w.WriteString("backend", backend);
+            w.WriteString("recovery", DeviceOptions.RecoveryName(o.Recovery));
+            w.WriteNumber("queues", o.Queues);
+            w.WriteNumber("depth", o.Depth);
+            w.WriteNumber("block_size", o.BlockSize);
+            w.WriteNumber("max_io", o.MaxIoBytes);
+            w.WriteBoolean("read_only", o.ReadOnly);
+            w.WriteNumber("idle_release", (long)o.IdleRelease.TotalSeconds);
+            w.WriteBoolean("fixed_buffers", o.FixedBuffers);
+            w.WriteBoolean("huge_buffers", o.HugeBuffers);
+            w.WriteBoolean("no_partition_scan", o.NoPartitionScan);
+            if (o.Cpus is { } cpus)
             {
-                w.WriteStartObject();
-                w.WriteNumber("version", FormatVersion);
-                w.WriteNumber("id", id);
-                w.WriteString("backend", backend);
-                w.WriteString("recovery", DeviceOptions.RecoveryName(o.Recovery));
-                w.WriteNumber("queues", o.Queues);
-                w.WriteNumber("depth", o.Depth);
-                w.WriteNumber("block_size", o.BlockSize);
-                w.WriteNumber("max_io", o.MaxIoBytes);
-                w.WriteBoolean("read_only", o.ReadOnly);
-                w.WriteNumber("idle_release", (long)o.IdleRelease.TotalSeconds);
-                w.WriteBoolean("fixed_buffers", o.FixedBuffers);
-                w.WriteBoolean("huge_buffers", o.HugeBuffers);
-                w.WriteBoolean("no_partition_scan", o.NoPartitionScan);
-                if (o.Cpus is { } cpus)
-                {
-                    w.WriteStartArray("cpus");
-                    foreach (int c in cpus) w.WriteNumberValue(c);
-                    w.WriteEndArray();
-                }
-                w.WriteEndObject();
+                w.WriteStartArray("cpus");
+                foreach (int c in cpus) w.WriteNumberValue(c);
+                w.WriteEndArray();
             }
-            fs.Flush(flushToDisk: true);
+            w.WriteEndObject();
         }
-        File.Move(tmp, path, overwrite: true);
+        AtomicFile.Write(PathOf(id), json.GetBuffer().AsSpan(0, (int)json.Length));
     }
 
     /// <summary>The state of device <paramref name="id"/>, or null if it has no file. Throws UsageException when unreadable.</summary>
@@ -122,14 +116,7 @@ public static class StateFile
     /// </summary>
     public static string NamePathOf(uint id) => System.IO.Path.Combine(Directory, id.ToString(CultureInfo.InvariantCulture) + ".name");
 
-    public static void WriteName(uint id, string name)
-    {
-        System.IO.Directory.CreateDirectory(Directory);
-        string path = NamePathOf(id);
-        string tmp = path + ".tmp." + Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
-        File.WriteAllText(tmp, name + "\n");
-        File.Move(tmp, path, overwrite: true);
-    }
+    public static void WriteName(uint id, string name) => AtomicFile.Write(NamePathOf(id), System.Text.Encoding.UTF8.GetBytes(name + "\n"));
 
     /// <summary>The config name of device <paramref name="id"/>, or null (no file, unreadable, or not a valid name).</summary>
     public static string? ReadName(uint id)
