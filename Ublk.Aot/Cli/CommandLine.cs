@@ -87,9 +87,7 @@ public static class CommandLine
 
     private static int RecoverInOwnNamespace(string[] original, string[] rest)
     {
-        if (rest.Length == 0 || !uint.TryParse(rest[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id) || id > int.MaxValue - 1)
-            throw new UsageException("recover: expected a device id, got '" + (rest.Length == 0 ? "" : rest[0]) + "'");
-        if (rest.Length > 1) Serve.Parse(rest[1..], backendRequired: false);
+        Serve.ParseRecover(rest); // a usage error costs no exec
         MountNamespace.Enter(original);
         return Serve.Recover(rest);
     }
@@ -111,11 +109,11 @@ public static class CommandLine
 
     /// <summary>A device id word (0 to 2^31-2, digits only), or a usage error naming the command.</summary>
     internal static uint ParseId(string command, string word)
-    {
-        if (!uint.TryParse(word, NumberStyles.None, CultureInfo.InvariantCulture, out uint id) || id > int.MaxValue - 1)
-            throw new UsageException(command + ": '" + word + "' is not a device id");
-        return id;
-    }
+        => TryParseId(word, out uint id) ? id : throw new UsageException(command + ": '" + word + "' is not a device id");
+
+    /// <summary>A device id word: digits only, 0 to 2^31-2 (the kernel's ids are ints; -1 asks it to pick one).</summary>
+    internal static bool TryParseId(string word, out uint id)
+        => uint.TryParse(word, NumberStyles.None, CultureInfo.InvariantCulture, out id) && id <= int.MaxValue - 1;
 
     public static readonly OptionRange TimeoutRange = new("--timeout", 0, 86400);
 
@@ -145,21 +143,9 @@ public static class CommandLine
         return 0;
     }
 
-    /// <summary>Flags without values, checked against an allow-list.</summary>
-    internal static HashSet<string> Flags(string[] args, string command, params string[] allowed)
-    {
-        var set = new HashSet<string>(StringComparer.Ordinal);
-        foreach (string a in args)
-        {
-            if (Array.IndexOf(allowed, a) < 0) throw new UsageException(command + ": unexpected argument '" + a + "'");
-            set.Add(a);
-        }
-        return set;
-    }
-
     private static int Features(string[] args)
     {
-        bool json = Flags(args, "features", "--json").Contains("--json");
+        bool json = Array.IndexOf(args, "--json") >= 0; // anything else was refused by CommandTable.Check
         using var ctrl = OpenControl();
         ulong f = ctrl.Features;
         if (json)
@@ -199,7 +185,7 @@ public static class CommandLine
 
     private static int ListDevices(string[] args)
     {
-        bool json = Flags(args, "list", "--json").Contains("--json");
+        bool json = Array.IndexOf(args, "--json") >= 0; // anything else was refused by CommandTable.Check
         using var ctrl = OpenControl();
         uint[] ids = UblkControl.ListDeviceIds();
         Utf8JsonWriter? w = null;
@@ -438,8 +424,7 @@ public static class CommandLine
         string[] ids = Array.FindAll(args, a => a != "--json");
         if (ids.Length != 1) throw new UsageException("stats: expected one device id (and optionally --json), e.g. stats 0 --json");
         if (ids[0].StartsWith('-')) throw new UsageException("stats: unexpected argument '" + ids[0] + "'");
-        if (!uint.TryParse(ids[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id) || id > int.MaxValue - 1)
-            throw new UsageException("stats: '" + ids[0] + "' is not a device id");
+        uint id = ParseId("stats", ids[0]);
         bool json = args.Length != ids.Length;
         TimeSpan wait = ControlTimeout == Timeout.InfiniteTimeSpan ? Timeout.InfiniteTimeSpan : ControlTimeout + TimeSpan.FromSeconds(5);
         string reply = ControlSocket.Request(id, "stats", wait, maxReply: 1 << 20);

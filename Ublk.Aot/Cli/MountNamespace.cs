@@ -39,7 +39,7 @@ internal static class MountNamespace
             Trace("private, after re-exec (" + ThreadCount() + " thread(s) now)");
             return;
         }
-        // Test seam, not an option: the integration test that shows the hang this class prevents.
+        // Test seam, not an option: reproduces by hand the hang this class prevents (MountNamespaceTests describes it).
         if (Environment.GetEnvironmentVariable("UBLK_AOT_TEST_HOOK") == "no-mntns") return;
         int threads = ThreadCount();
         if (Libc.Unshare(Libc.CLONE_NEWNS) != 0)

@@ -148,9 +148,12 @@ public static class Serve
     /// ublk-aot recover ID [--backend SPEC [serve options]] [--stats]: a new server for device ID, whose server died.
     /// Without --backend, the SPEC and options come from the device's state file.
     /// </summary>
-    public static int Recover(string[] argv)
+    public static int Recover(string[] argv) => Run(ParseRecover(argv));
+
+    /// <summary>recover's arguments: the device id, and the options given or those of its state file.</summary>
+    public static Args ParseRecover(string[] argv)
     {
-        if (argv.Length == 0 || !uint.TryParse(argv[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id) || id > int.MaxValue - 1)
+        if (argv.Length == 0 || !CommandLine.TryParseId(argv[0], out uint id))
             throw new UsageException("recover: expected a device id, got '" + (argv.Length == 0 ? "" : argv[0]) + "'");
         Args a = Parse(argv[1..], backendRequired: false);
         if (a.Backend == null)
@@ -171,7 +174,7 @@ public static class Serve
         }
         a.Device.Id = (int)id;
         a.MustRecover = true;
-        return Run(a);
+        return a;
     }
 
     private static int Run(Args a)

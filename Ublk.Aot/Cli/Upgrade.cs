@@ -24,7 +24,7 @@ public static class Upgrade
 {
     public static int Run(string[] argv)
     {
-        if (argv.Length == 0 || !uint.TryParse(argv[0], NumberStyles.None, CultureInfo.InvariantCulture, out uint id) || id > int.MaxValue - 1)
+        if (argv.Length == 0 || !CommandLine.TryParseId(argv[0], out uint id))
             throw new UsageException("upgrade: expected a device id, got '" + (argv.Length == 0 ? "" : argv[0]) + "'");
         string binary = Environment.ProcessPath ?? "/proc/self/exe";
         bool stats = false;
