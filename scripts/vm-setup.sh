@@ -59,11 +59,13 @@ klink=$VM_DIR/kernel-$KERNEL
 # package is needed); xz-utils unpacks the kernel's .ko.xz modules for it.
 # prometheus: its promtool validates serve --metrics' exposition (host and VM
 # tests; the package's own server is not used); curl fetches /metrics.
+# nbdkit, qemu-utils: real NBD servers (nbdkit, qemu-nbd) and readers (qemu-img) for the nbd backend's tests;
+# the handshake tests run on the host, which has no kernel nbd.
 HOST_PKGS=(
   qemu-system-x86 udev busybox-static kmod util-linux util-linux-extra fdisk
   fio e2fsprogs xz-utils strace gcc make file iproute2 kbd prometheus curl
   python3 python3-argcomplete python3-requests python3-pkg-resources
-  debian-archive-keyring systemd groff-base
+  debian-archive-keyring systemd groff-base nbdkit qemu-utils
 )
 
 t0=$(date +%s%N)

@@ -33,6 +33,11 @@ public static class Errno
     public const int ETIME = 62;
     public const int ETIMEDOUT = 110;
     public const int ECONNREFUSED = 111;
+    public const int EPIPE = 32;
+    public const int ENETUNREACH = 101;
+    public const int ECONNRESET = 104;
+    public const int EHOSTUNREACH = 113;
+    public const int EINPROGRESS = 115;
     public const int ECANCELED = 125;
     public const int EADDRINUSE = 98;
     public const int EADDRNOTAVAIL = 99;
@@ -73,6 +78,11 @@ public static class Errno
             ETIME => "ETIME",
             ETIMEDOUT => "ETIMEDOUT",
             ECONNREFUSED => "ECONNREFUSED",
+            EPIPE => "EPIPE",
+            ENETUNREACH => "ENETUNREACH",
+            ECONNRESET => "ECONNRESET",
+            EHOSTUNREACH => "EHOSTUNREACH",
+            EINPROGRESS => "EINPROGRESS",
             ECANCELED => "ECANCELED",
             EADDRINUSE => "EADDRINUSE",
             EADDRNOTAVAIL => "EADDRNOTAVAIL",

@@ -204,6 +204,9 @@ internal static unsafe partial class Libc
     }
 
     public const int POLLIN = 1;
+    public const int POLLOUT = 4;
+    public const int POLLERR = 8;
+    public const int POLLHUP = 0x10;
 
     /// <summary>
     /// Runs <paramref name="path"/> with <paramref name="argv"/> (argv[0] included) and an empty environment, its stdout
@@ -340,6 +343,22 @@ internal static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "setsockopt", SetLastError = true)]
     public static partial int SetSockOpt(int fd, int level, int name, void* value, uint len);
+
+    // NBD client sockets (Backends/Nbd): a non-blocking connect with a deadline, Nagle off (<netinet/tcp.h>).
+    public const int SOCK_NONBLOCK = 0x800;
+    public const int SO_ERROR = 4;
+    public const int IPPROTO_TCP = 6;
+    public const int TCP_NODELAY = 1;
+
+    /// <summary>connect(2) for any address family (the caller passes the struct's real size).</summary>
+    [LibraryImport(Lib, EntryPoint = "connect", SetLastError = true)]
+    public static partial int ConnectAddr(int fd, void* addr, uint len);
+
+    [LibraryImport(Lib, EntryPoint = "getsockopt", SetLastError = true)]
+    public static partial int GetSockOpt(int fd, int level, int name, void* value, uint* len);
+
+    [LibraryImport(Lib, EntryPoint = "recv", SetLastError = true)]
+    public static partial nint Recv(int fd, void* buf, nuint len, int flags);
 
     [LibraryImport(Lib, EntryPoint = "send", SetLastError = true)]
     public static partial nint Send(int fd, void* buf, nuint len, int flags);
