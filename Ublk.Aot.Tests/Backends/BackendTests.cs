@@ -27,6 +27,7 @@ internal sealed class HostQueue : UblkQueue
     internal override void Start(CountdownEvent ready, ManualResetEventSlim exited) => throw new NotSupportedException();
     internal override void Join() { }
     internal override Exception? Failure => null;
+    public override void Finish(ushort tag, int result) => throw new NotSupportedException("no ring: host backends complete inline");
 
     public void Free() => BufferStrategy.Dispose();
 }

@@ -75,44 +75,14 @@ public sealed class NbdUriTests
 public sealed class NbdHandshakeTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("ublk-aot-nbd-").FullName;
-    private Process? _server;
+    private NbdServer? _server;
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(10);
-
-    private const string Nbdkit = "/usr/bin/nbdkit";
 
     private string Sock => Path.Combine(_dir, "nbd.sock");
 
-    /// <summary>Starts nbdkit in the foreground with <paramref name="args"/> and waits until it listens.</summary>
-    private void StartNbdkit(string args, string? waitForSocket, int port = 0)
-    {
-        Assert.True(File.Exists(Nbdkit), "missing " + Nbdkit + " (the nbdkit package; scripts/vm-setup.sh installs it)");
-        var psi = new ProcessStartInfo(Nbdkit, "-f " + args) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
-        _server = Process.Start(psi)!;
-        var sw = Stopwatch.StartNew();
-        while (sw.ElapsedMilliseconds < 20_000)
-        {
-            if (_server.HasExited) Assert.Fail("nbdkit " + args + " exited: " + _server.StandardError.ReadToEnd());
-            if (waitForSocket != null && File.Exists(waitForSocket)) return;
-            if (port > 0 && CanConnect(port)) return;
-            Thread.Sleep(50);
-        }
-        Assert.Fail("nbdkit " + args + " did not listen within 20 s");
-    }
+    private void StartNbdkit(string args, string? waitForSocket, int port = 0) => _server = NbdServer.StartNbdkit(args, waitForSocket, port);
 
-    private static bool CanConnect(int port)
-    {
-        try { using var c = new TcpClient(); c.Connect(IPAddress.Loopback, port); return true; }
-        catch (SocketException) { return false; }
-    }
-
-    private static int FreePort()
-    {
-        var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        int p = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return p;
-    }
+    private static int FreePort() => NbdServer.FreePort();
 
     [Fact]
     public void Probe_over_a_unix_socket_learns_size_flags_and_block_sizes()
@@ -185,9 +155,42 @@ public sealed class NbdHandshakeTests : IDisposable
         finally { t.Join(10_000); l.Stop(); }
     }
 
+    [Fact]
+    public void The_spec_probes_the_export_and_its_caps_follow_the_flags()
+    {
+        StartNbdkit("-U " + Sock + " memory 64M", Sock);
+        using (BackendSpec spec = BackendTable.Parse("nbd+unix:///?socket=" + Sock, new SpecContext(false)))
+        {
+            var nbd = Assert.IsType<NbdSpec>(spec);
+            global::Ublk.Aot.Ublk.BackendCaps c = nbd.Caps;
+            Assert.Equal(64UL << 20, c.Size);
+            Assert.True(c.VolatileCache && c.Discard && c.WriteZeroes && !c.ReadOnly, "flags 0x" + nbd.Export.Flags.ToString("x"));
+            Assert.Equal(nbd.Export.MultiConn ? 0 : 1, c.MaxQueues);
+            Assert.Equal("nbd unix socket " + Sock + " (default export)", spec.Describe());
+        }
+        _server!.Dispose();
+        // A read-only export without trim (nbdkit's eval plugin with only get_size and pread): a read-only device, no discard.
+        StartNbdkit("-U " + Sock + " eval get_size=\"echo 1048576\" pread=\"dd if=/dev/zero count=$3 iflag=count_bytes status=none\"", Sock);
+        using (BackendSpec spec = BackendTable.Parse("nbd+unix:///?socket=" + Sock, new SpecContext(false)))
+        {
+            global::Ublk.Aot.Ublk.BackendCaps c = Assert.IsType<NbdSpec>(spec).Caps;
+            Assert.True(c.ReadOnly && !c.Discard && !c.WriteZeroes, "flags 0x" + ((NbdSpec)spec).Export.Flags.ToString("x"));
+        }
+    }
+
+    [Theory]
+    [InlineData("nbds://127.0.0.1/x", "TLS (nbds) is not supported")]
+    [InlineData("nbds+unix:///x?socket=/s", "TLS (nbds+unix) is not supported")]
+    [InlineData("nbd+unix:///x", "socket=")]
+    public void The_backend_table_hands_every_nbd_scheme_to_the_uri_parser(string uri, string message)
+    {
+        var ex = Assert.Throws<SpecException>(() => BackendTable.Parse(uri, new SpecContext(false)));
+        Assert.Contains(message, ex.Message);
+        Assert.StartsWith("nbd: '" + uri + "'", ex.Message);
+    }
+
     public void Dispose()
     {
-        if (_server is { HasExited: false }) { _server.Kill(); _server.WaitForExit(10_000); }
         _server?.Dispose();
         try { Directory.Delete(_dir, true); } catch (IOException) { }
     }

@@ -68,6 +68,7 @@ public unsafe struct io_uring_sqe
     [FieldOffset(28)] public uint timeout_flags;
     [FieldOffset(28)] public uint uring_cmd_flags;
     [FieldOffset(28)] public uint nop_flags;
+    [FieldOffset(28)] public uint msg_flags;
     [FieldOffset(32)] public ulong user_data;
     [FieldOffset(40)] public ushort buf_index;
     [FieldOffset(42)] public ushort personality;
@@ -164,11 +165,13 @@ public static class IoUringConst
     public const byte IORING_OP_READ_FIXED = 4;
     public const byte IORING_OP_WRITE_FIXED = 5;
     public const byte IORING_OP_POLL_ADD = 6;
+    public const byte IORING_OP_SENDMSG = 9;
     public const byte IORING_OP_TIMEOUT = 11;
     public const byte IORING_OP_ASYNC_CANCEL = 14;
     public const byte IORING_OP_FALLOCATE = 17;
     public const byte IORING_OP_READ = 22;
     public const byte IORING_OP_WRITE = 23;
+    public const byte IORING_OP_RECV = 27;
     public const byte IORING_OP_URING_CMD = 46;
 
     public const uint IORING_FSYNC_DATASYNC = 1u << 0;

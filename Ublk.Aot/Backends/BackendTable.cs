@@ -14,6 +14,7 @@ public static class BackendTable
         MemSpec.Kind,
         FileSpec.Kind,
         FaultSpec.Kind,
+        NbdSpec.Kind,
     ];
 
     /// <summary>"null:SIZE | mem:SIZE | …", for one-line messages.</summary>
@@ -38,7 +39,7 @@ public static class BackendTable
         string name = colon < 0 ? spec : spec[..colon];
         string rest = colon < 0 ? "" : spec[(colon + 1)..];
         foreach (BackendKind k in All)
-            if (k.Name == name) return k.Parse(rest, context);
+            if (k.Takes(name)) return k.ParseSpec(spec, rest, context);
         throw new SpecException("unknown backend '" + spec + "': expected " + Syntax);
     }
 

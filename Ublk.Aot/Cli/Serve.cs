@@ -195,7 +195,7 @@ public static class Serve
     {
         public int Use<TBackend>(TBackend backend, BackendCaps caps, int[] files) where TBackend : struct, IBackend
         {
-            if (a.Device.ValidateFor(caps) is { } invalid) throw new UsageException("serve: " + invalid);
+            if ((a.Device.FitMaxIo(caps) ?? a.Device.ValidateFor(caps)) is { } invalid) throw new UsageException("serve: " + invalid);
             // The backend is open: no mount of a ublk disk stays in this server's namespace (see MountNamespace).
             MountNamespace.DetachUblkMounts();
 

@@ -36,6 +36,7 @@ public static class Errno
     public const int EPIPE = 32;
     public const int ENETUNREACH = 101;
     public const int ECONNRESET = 104;
+    public const int ESHUTDOWN = 108;
     public const int EHOSTUNREACH = 113;
     public const int EINPROGRESS = 115;
     public const int ECANCELED = 125;
@@ -81,6 +82,7 @@ public static class Errno
             EPIPE => "EPIPE",
             ENETUNREACH => "ENETUNREACH",
             ECONNRESET => "ECONNRESET",
+            ESHUTDOWN => "ESHUTDOWN",
             EHOSTUNREACH => "EHOSTUNREACH",
             EINPROGRESS => "EINPROGRESS",
             ECANCELED => "ECANCELED",

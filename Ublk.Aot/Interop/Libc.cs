@@ -282,6 +282,24 @@ internal static unsafe partial class Libc
     public const int SOCK_CLOEXEC = 0x80000;
     public const int SEEK_DATA = 3;
 
+    public const int SHUT_RDWR = 2;
+
+    [LibraryImport(Lib, EntryPoint = "shutdown", SetLastError = true)]
+    public static partial int Shutdown(int fd, int how);
+
+    /// <summary>x86-64 struct msghdr (56 bytes), for IORING_OP_SENDMSG.</summary>
+    [StructLayout(LayoutKind.Sequential, Size = 56)]
+    public struct MsgHdr
+    {
+        public nint Name;
+        public uint NameLen;
+        public nint Iov;
+        public nuint IovLen;
+        public nint Control;
+        public nuint ControlLen;
+        public int Flags;
+    }
+
     /// <summary>struct sockaddr_un (110 bytes: family + 108-byte path).</summary>
     [StructLayout(LayoutKind.Sequential, Size = 110)]
     public struct SockAddrUn

@@ -417,6 +417,26 @@ public sealed unsafe class IoUring : IDisposable
         sqe.len = (uint)mode;
     }
 
+    /// <summary>IORING_OP_SENDMSG of *<paramref name="msg"/> on a socket; the header and its iovecs must stay valid until the CQE.</summary>
+    public static void PrepSendMsg(ref io_uring_sqe sqe, int fd, void* msg, uint msgFlags)
+    {
+        sqe.opcode = IORING_OP_SENDMSG;
+        sqe.fd = fd;
+        sqe.addr = (ulong)msg;
+        sqe.len = 1;
+        sqe.msg_flags = msgFlags;
+    }
+
+    /// <summary>IORING_OP_RECV of up to <paramref name="len"/> bytes from a socket into <paramref name="addr"/>.</summary>
+    public static void PrepRecv(ref io_uring_sqe sqe, int fd, ulong addr, uint len, uint msgFlags)
+    {
+        sqe.opcode = IORING_OP_RECV;
+        sqe.fd = fd;
+        sqe.addr = addr;
+        sqe.len = len;
+        sqe.msg_flags = msgFlags;
+    }
+
     /// <summary>
     /// IORING_OP_TIMEOUT: completes with -ETIME after *<paramref name="ts"/> (relative unless flags say otherwise), or
     /// with 0 once <paramref name="count"/> other completions arrived (0: time only). The kernel reads *ts when it

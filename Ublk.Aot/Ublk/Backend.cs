@@ -39,6 +39,16 @@ public struct BackendCaps
     /// <summary>Writes may sit in a volatile cache: FLUSH and FUA matter (UBLK_ATTR_VOLATILE_CACHE | UBLK_ATTR_FUA).</summary>
     public bool VolatileCache;
     public bool ReadOnly;
+    /// <summary>With <see cref="VolatileCache"/>: the backend cannot honour FUA itself, so the device does not claim
+    /// UBLK_ATTR_FUA and the block layer turns a FUA write into the write and a flush.</summary>
+    public bool NoFua;
+    /// <summary>The largest READ/WRITE the backend takes (an NBD server's maximum payload); 0: no limit of its own.
+    /// A larger --max-io is lowered to it.</summary>
+    public uint MaxIoBytes;
+    /// <summary>How many queues the backend can serve (1: an NBD export that forbids multiple connections); 0: any.</summary>
+    public int MaxQueues;
+    /// <summary>Why <see cref="MaxQueues"/> is what it is, for the refusal.</summary>
+    public string? MaxQueuesWhy;
     public bool Rotational;
     public uint DiscardGranularity;
     /// <summary>The data lives in the server process (mem:): a recovered device would silently read zeros, so --recovery is refused.</summary>

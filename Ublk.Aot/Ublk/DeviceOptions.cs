@@ -119,6 +119,20 @@ public sealed class DeviceOptions
         return null;
     }
 
+    /// <summary>
+    /// Lowers <see cref="MaxIoBytes"/> to what the backend takes (<see cref="BackendCaps.MaxIoBytes"/>, rounded down
+    /// to a page); a one-line error if that is less than a page.
+    /// </summary>
+    public string? FitMaxIo(BackendCaps caps)
+    {
+        if (caps.MaxIoBytes == 0 || MaxIoBytes <= caps.MaxIoBytes) return null;
+        uint page = (uint)Environment.SystemPageSize;
+        uint fit = caps.MaxIoBytes / page * page;
+        if (fit == 0) return "the backend takes at most " + caps.MaxIoBytes + " bytes per request, less than a page";
+        MaxIoBytes = fit;
+        return null;
+    }
+
     /// <summary>The max-io check alone, for a value that may not fit the property (e.g. "64M").</summary>
     public static string? ValidateMaxIo(ulong bytes)
     {
@@ -133,6 +147,8 @@ public sealed class DeviceOptions
     {
         if (caps.MinBlockSize > BlockSize) return "the backend needs --block-size " + caps.MinBlockSize + " or larger";
         if (caps.Size == 0) return "the backend size is 0";
+        if (caps.MaxQueues > 0 && Queues > caps.MaxQueues)
+            return "--queues " + Queues + ": the backend serves at most " + caps.MaxQueues + " queue(s)" + (caps.MaxQueuesWhy is { } why ? " (" + why + ")" : "");
         if (caps.Size % BlockSize != 0) return "the backend size " + caps.Size + " is not a multiple of the block size " + BlockSize;
         if (Recovery != RecoveryMode.Off && caps.DataDiesWithServer)
             return "--recovery: this backend's data lives in the server process and dies with it (use file:, or no --recovery)";

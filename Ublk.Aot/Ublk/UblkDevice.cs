@@ -245,7 +245,7 @@ public sealed class UblkDevice : IDisposable
         p.basic.max_sectors = info.max_io_buf_bytes >> 9;
         p.basic.dev_sectors = caps.Size >> 9;
         if (o.ReadOnly || caps.ReadOnly) p.basic.attrs |= UBLK_ATTR_READ_ONLY;
-        if (caps.VolatileCache) p.basic.attrs |= UBLK_ATTR_VOLATILE_CACHE | UBLK_ATTR_FUA;
+        if (caps.VolatileCache) p.basic.attrs |= UBLK_ATTR_VOLATILE_CACHE | (caps.NoFua ? 0 : UBLK_ATTR_FUA);
         if (caps.Rotational) p.basic.attrs |= UBLK_ATTR_ROTATIONAL;
         if (caps.Discard || caps.WriteZeroes)
         {

@@ -222,6 +222,19 @@ public abstract unsafe class UblkQueue
         return ref sqe;
     }
 
+    /// <summary>
+    /// A tag no request has (UBLK_MAX_QUEUE_DEPTH is 4096), for a backend's SQEs that belong to no one request (a
+    /// connection's receive, send and reconnect timer). Their CQEs reach Complete with this tag, which must return
+    /// <see cref="Backend.Pending"/>; the requests they finish are handed back with <see cref="Finish"/>.
+    /// </summary>
+    public const ushort OwnTag = ushort.MaxValue;
+
+    /// <summary>
+    /// Completes <paramref name="tag"/>, a request the backend answered Pending for, from a CQE of another tag (an
+    /// NBD reply arrives on the connection's receive). Queue thread only, from within Submit or Complete.
+    /// </summary>
+    public abstract void Finish(ushort tag, int result);
+
     /// <summary>Asks the loop to exit (wakes it if blocked). Safe from any thread at any time, even before the thread starts or after it ended.</summary>
     public abstract void RequestStop();
 
@@ -579,6 +592,12 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
         int r = _backend.Submit(this, tag, in iod);
         if (r == Backend.Pending) _backendInFlight++;
         else Commit(tag, r);
+    }
+
+    public override void Finish(ushort tag, int result)
+    {
+        _backendInFlight--;
+        Commit(tag, result);
     }
 
     private void Commit(ushort tag, int result)

@@ -1,5 +1,6 @@
 using System;
 using System.Buffers.Binary;
+using Ublk.Aot.Interop;
 
 namespace Ublk.Aot.Backends;
 
@@ -85,7 +86,7 @@ public static class NbdWire
         28 => -28,   // ENOSPC
         75 => -75,   // EOVERFLOW
         95 => -95,   // EOPNOTSUPP (ENOTSUP)
-        108 => -108, // ESHUTDOWN
+        108 => -Errno.ESHUTDOWN,
         _ => -5,     // EIO
     };
 

@@ -10,16 +10,24 @@ public readonly record struct SpecContext(bool ReadOnly);
 /// One row of <see cref="BackendTable"/>: a backend's name (the SPEC prefix), its syntax and one-line summary for the
 /// usage text, and its parser. Each backend folder defines its own row next to its struct.
 /// </summary>
-public sealed class BackendKind(string name, string syntax, string summary, Func<SpecReader, string, SpecContext, BackendSpec> parse)
+/// <remarks>
+/// <paramref name="aliases"/> are more prefixes the same parser takes (nbd+unix, and the TLS schemes it refuses in
+/// words of its own); with <paramref name="wholeSpec"/> the parser gets the whole SPEC (a URI), not what follows ':'.
+/// </remarks>
+public sealed class BackendKind(string name, string syntax, string summary, Func<SpecReader, string, SpecContext, BackendSpec> parse,
+    string[]? aliases = null, bool wholeSpec = false)
 {
+    /// <summary>True if a SPEC whose prefix is <paramref name="prefix"/> is this backend's.</summary>
+    public bool Takes(string prefix) => prefix == Name || (aliases != null && Array.IndexOf(aliases, prefix) >= 0);
+
+    /// <summary>Parses a whole SPEC whose prefix this kind <see cref="Takes"/>.</summary>
+    public BackendSpec ParseSpec(string spec, string rest, SpecContext context) => parse(new SpecReader(Name), wholeSpec ? spec : rest, context);
+
     /// <summary>The prefix before the first ':' of a SPEC.</summary>
     public string Name { get; } = name;
     /// <summary>e.g. "mem:SIZE".</summary>
     public string Syntax { get; } = syntax;
     public string Summary { get; } = summary;
-
-    /// <summary>Parses what follows "NAME:" (throws <see cref="SpecException"/>).</summary>
-    public BackendSpec Parse(string rest, SpecContext context) => parse(new SpecReader(Name), rest, context);
 }
 
 /// <summary>What every backend's parser shares, so that all of them word their errors alike ("backend KIND: …").</summary>
