@@ -4,6 +4,11 @@
 # publishes out/ublk-aot first, then runs this.  Results: docs/benchmarks.md.
 #
 #   scripts/bench.sh            prepare, run the matrix in ONE VM boot, report
+#   scripts/bench.sh nbd        the nbd backend against the kernel's nbd client
+#                               (nbd-client) on one nbdkit memory export, in ONE
+#                               VM boot: scripts/bench/nbd-matrix.sh and
+#                               nbd-report.py (BENCH_ROUNDS, BENCH_RUNTIME,
+#                               BENCH_RAMP, BENCH_NBD_SIZE); no kublk build
 #
 # Steps:
 #   1. prerequisites on the host (fio, strace, gcc, ...; scripts/vm-setup.sh)
@@ -55,7 +60,9 @@ prerequisites() {
   command -v python3 >/dev/null || die "python3 is required for the report"
   local need=() p
   # strace: fallback counter of syscalls per I/O when perf cannot run.
-  for p in fio:fio strace:strace gcc:gcc xz:xz-utils dpkg-deb:dpkg; do
+  local tools="fio:fio strace:strace gcc:gcc xz:xz-utils dpkg-deb:dpkg"
+  [[ $MODE == nbd ]] && tools="fio:fio nbd-client:nbd-client"
+  for p in $tools; do
     command -v "${p%%:*}" >/dev/null || need+=("${p#*:}")
   done
   if ((${#need[@]})); then
@@ -221,18 +228,60 @@ record_context() {
     if ((BENCH_NATIVE)); then echo "vm=no VM (native run)"
     else echo "vm=QEMU TCG (no KVM) multi-threaded, 2 vCPUs, $VM_MEM"; fi
     echo "ublk_aot=ublk-aot $commit$dirty, sha256 $(sha256sum "$run/ublk-aot" | cut -c1-12)"
-    echo "kublk_build=$(paste -sd';' "$run/kublk.BUILD-INFO")"
+    [[ -f $run/kublk.BUILD-INFO ]] && echo "kublk_build=$(paste -sd';' "$run/kublk.BUILD-INFO")"
     echo "wall_seconds=$((SECONDS - t_start))"
   } >> "$run/meta.env"
 }
 
+# nbd mode: the guest script in one VM boot (multi-threaded TCG, as the matrix).
+run_nbd() {
+  local run=$1 rc=0
+  cp "$ROOT/out/ublk-aot" "$run/ublk-aot"
+  cp "$ROOT/scripts/bench/nbd-matrix.sh" "$run/nbd-matrix.sh"
+  start_load_sampler "$run"
+  if ((BENCH_NATIVE)); then
+    bash "$run/nbd-matrix.sh" "$run" || rc=$?
+  else
+    log "running the nbd matrix in one VM boot; expect ~10 min"
+    (
+      cd "$run"
+      export VM_TCG_THREAD=multi VM_CPUS=2 VM_MEM VM_TIMEOUT=${VM_TIMEOUT:-3000}
+      export VM_PASSENV="BENCH_ROUNDS BENCH_RUNTIME BENCH_RAMP BENCH_NBD_SIZE"
+      exec "$ROOT/scripts/vm-run.sh" -w "$run" -- bash "$run/nbd-matrix.sh" "$run"
+    ) || rc=$?
+  fi
+  kill "$SAMPLER_PID" 2>/dev/null || true
+  wait "$SAMPLER_PID" 2>/dev/null || true
+  return $rc
+}
+
 # ------------------------------------------------------------------ main
+MODE=matrix
 case ${1:-} in
   "") ;;
+  nbd) MODE=nbd ;;
   -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
-  *) echo "usage: scripts/bench.sh (settings through the BENCH_* variables; -h for help)" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [nbd] (settings through the BENCH_* variables; -h for help)" >&2; exit 2 ;;
 esac
 prerequisites
+if [[ $MODE == nbd ]]; then
+  run=$BENCH_CACHE/runs/nbd-$(date +%Y%m%d-%H%M%S)
+  mkdir -p "$run"
+  SAMPLER_PID=""
+  trap 'if [[ -n $SAMPLER_PID ]]; then kill "$SAMPLER_PID" 2>/dev/null || true; fi' EXIT
+  status=0
+  run_nbd "$run" || status=$?
+  record_context "$run"
+  python3 "$ROOT/scripts/bench/nbd-report.py" "$run" > "$run/results.md" || die "nbd-report.py failed on $run"
+  cat "$run/results.md"
+  log "raw data: $run; wall time $(( (SECONDS - t_start) / 60 )) min $(( (SECONDS - t_start) % 60 )) s"
+  ((status == 0)) || { log "the nbd matrix did not finish (status $status); docs/benchmarks.md left as it was"; exit "$status"; }
+  if [[ $BENCH_DOC == 1 ]]; then
+    python3 "$ROOT/scripts/bench/nbd-report.py" "$run" --doc "$DOC" || die "cannot update $DOC"
+    log "updated $DOC"
+  fi
+  exit 0
+fi
 mkdir -p "$BENCH_CACHE/runs" "$KUBLK_DIR"
 with_lock "$BENCH_CACHE/.kublk.lock" build_kublk
 [[ -x $KUBLK_DIR/current/kublk ]] || die "no kublk build in $KUBLK_DIR/current"

@@ -63,6 +63,8 @@ public sealed class NbdTests : IDisposable
             Assert.Equal(0, s.Stop());
             Assert.Contains("nbd unix socket " + Sock, s.Stderr);
             Assert.True(s.StatSum("writes") > 0 && s.StatSum("flushes") > 0, s.Stderr);
+            // No allocation per request: the queue threads (sends, receives, replies) allocated nothing.
+            Assert.True(s.StatSum("alloc_bytes") == 0, "the nbd queue threads allocated:\n" + s.Stderr);
         }
         AssertNoDevices();
         AssertExportEquals(uri, shown);
@@ -83,6 +85,7 @@ public sealed class NbdTests : IDisposable
             Fio("qemu-nbd mixed sizes", "--name=mixed --rw=randwrite --bsrange=4k-512k --iodepth=8 --offset=64M --size=48M" + common);
             Sh("dd if=" + s.DevicePath + " of=" + shown + " bs=1M iflag=direct status=none");
             Assert.Equal(0, s.Stop());
+            Assert.True(s.StatSum("alloc_bytes") == 0 && s.StatSum("errors") == 0, "the nbd queue thread allocated or failed:\n" + s.Stderr);
         }
         AssertNoDevices();
         // qemu-nbd wrote the file itself: the image is what the device showed, and so is the export read by qemu-img.

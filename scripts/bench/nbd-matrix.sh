@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# nbd-matrix.sh - ublk-aot's nbd backend against the kernel's own NBD client
+# (nbd.ko configured by nbd-client) on the same nbdkit memory export, in one
+# boot.  Runs as root on a machine whose kernel has ublk_drv and nbd (the VM
+# that `scripts/bench.sh nbd` boots).
+#
+#   nbd-matrix.sh OUTDIR
+#
+# One nbdkit process (memory plugin, a unix socket) serves both clients;
+# the export is written in full once, so reads return stored data, not holes.
+# Each round runs, one after the other: ublk-aot with 1 queue, nbd-client with
+# 1 connection (the workloads of WORKLOADS with 1 queue), then ublk-aot with
+# 2 queues and nbd-client -C 2 (the 2-queue workloads).  Odd rounds start with
+# ublk-aot, even rounds with nbd.  One fio process per device, its workloads
+# separated by stonewall.
+#
+# Writes OUTDIR/meta.env, OUTDIR/runs/T.qQ.rN.json (fio JSON), .err (server
+# stderr), OUTDIR/matrix.log.  scripts/bench/nbd-report.py reads them.
+#
+# Env (defaults): BENCH_AOT (OUTDIR/ublk-aot)  BENCH_ROUNDS (3)
+#   BENCH_RUNTIME (4) BENCH_RAMP (1)   seconds per fio job: RAMP + RUNTIME
+#   BENCH_NBD_SIZE (256M)             the export's size
+set -uo pipefail
+
+OUT=$(realpath -e "${1:?usage: nbd-matrix.sh OUTDIR}") || exit 2
+AOT=${BENCH_AOT:-$OUT/ublk-aot}
+ROUNDS=${BENCH_ROUNDS:-3}
+RUNTIME=${BENCH_RUNTIME:-4}
+RAMP=${BENCH_RAMP:-1}
+SIZE=${BENCH_NBD_SIZE:-256M}
+DEPTH=128                 # ublk queue depth; nbd.ko's tag set has 128 per connection
+NCPU=$(nproc)
+FIO_CPU=$((NCPU - 1))
+
+# name         rw        bs    iodepth/job  jobs  queues (= nbd connections)
+WORKLOADS="
+rr4k-qd1       randread  4k    1            1     1
+rr4k-qd64      randread  4k    64           1     1
+rw4k-qd64      randwrite 4k    64           1     1
+sr128k-qd16    read      128k  16           1     1
+sw128k-qd16    write     128k  16           1     1
+rr4k-qd128-2q  randread  4k    64           2     2
+"
+
+WORK=/run/ublk-nbd-bench
+SOCK=$WORK/nbd.sock
+mkdir -p "$OUT/runs" "$WORK"
+exec 3>>"$OUT/matrix.log"
+log() { local m; m="[$(date +%T)] $*"; echo "$m" >&3; echo "bench-nbd: $m" >&2; }
+
+NBDKIT_PID="" SRV_PID="" AOT_ID="" NBD_DEV=""
+# shellcheck disable=SC2317  # the EXIT trap
+cleanup() {
+  set +e
+  [[ -n $SRV_PID ]] && stop_aot
+  [[ -n $NBD_DEV ]] && stop_nbd
+  [[ -n $NBDKIT_PID ]] && { kill "$NBDKIT_PID"; wait "$NBDKIT_PID"; }
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+start_nbdkit() {
+  rm -f "$SOCK"
+  nbdkit --foreground --unix "$SOCK" memory "$SIZE" 2>"$OUT/nbdkit.err" &
+  NBDKIT_PID=$!
+  local i
+  for ((i = 0; i < 300; i++)); do [[ -S $SOCK ]] && return 0; sleep 0.1; done
+  log "nbdkit did not come up: $(tr '\n' ' ' < "$OUT/nbdkit.err")"
+  return 1
+}
+
+# start_aot QUEUES ERRFILE: sets DEV, SRV_PID, AOT_ID.
+start_aot() {
+  local q=$1 err=$2 dev="" i outf=$WORK/aot.out
+  : > "$outf"
+  "$AOT" serve --backend "nbd+unix:///?socket=$SOCK" --queues "$q" --depth "$DEPTH" \
+    --cpus "$(seq -s, 0 $((q < NCPU ? q - 1 : NCPU - 1)))" --stats >"$outf" 2>"$err" &
+  SRV_PID=$!
+  for ((i = 0; i < 300; i++)); do
+    read -r dev < "$outf" 2>/dev/null
+    [[ $dev == /dev/ublkb* && -b $dev ]] && break
+    kill -0 "$SRV_PID" 2>/dev/null || break
+    dev=""; sleep 0.1
+  done
+  if [[ -z $dev ]]; then
+    log "ublk-aot did not come up: $(tr '\n' ' ' < "$err" | cut -c1-300)"
+    stop_aot; return 1
+  fi
+  AOT_ID=${dev#/dev/ublkb}; DEV=$dev
+}
+
+stop_aot() {
+  local i
+  kill -TERM "$SRV_PID" 2>/dev/null
+  for ((i = 0; i < 200; i++)); do kill -0 "$SRV_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$SRV_PID" 2>/dev/null && { log "ublk-aot ignored SIGTERM; killing it"; kill -KILL "$SRV_PID"; }
+  wait "$SRV_PID" 2>/dev/null
+  SRV_PID=""
+  if [[ -n $AOT_ID && -e /sys/class/ublk-char/ublkc$AOT_ID ]]; then
+    timeout 30 "$AOT" del "$AOT_ID" >&3 2>&1
+  fi
+  AOT_ID=""
+}
+
+# start_nbd CONNECTIONS LOGFILE: nbd-client on /dev/nbd0 (netlink), sets DEV.
+start_nbd() {
+  local c=$1 logf=$2 i
+  if ! timeout 30 nbd-client -u "$SOCK" /dev/nbd0 -C "$c" -b 4096 >"$logf" 2>&1 </dev/null; then
+    log "nbd-client failed: $(tr '\n' ' ' < "$logf" | cut -c1-300)"
+    return 1
+  fi
+  NBD_DEV=/dev/nbd0
+  for ((i = 0; i < 100; i++)); do
+    [[ $(cat /sys/block/nbd0/size 2>/dev/null) -gt 0 ]] && break; sleep 0.1
+  done
+  DEV=/dev/nbd0
+}
+
+stop_nbd() {
+  timeout 30 nbd-client -d "$NBD_DEV" >&3 2>&1
+  NBD_DEV=""
+}
+
+# jobfile QUEUES: the fio job file of the workloads with that many queues.
+jobfile() {
+  local q=$1 name rw bs qd jobs wq
+  printf '[global]\nioengine=io_uring\ndirect=1\ntime_based=1\nruntime=%s\nramp_time=%s\n' "$RUNTIME" "$RAMP"
+  printf 'filename=%s\ngroup_reporting=1\nrandrepeat=0\nnorandommap=1\n' "$DEV"
+  while read -r name rw bs qd jobs wq; do
+    [[ -n $name && $wq == "$q" ]] || continue
+    printf '\n[%s]\nstonewall\nrw=%s\nbs=%s\niodepth=%s\nnumjobs=%s\n' "$name" "$rw" "$bs" "$qd" "$jobs"
+    if ((jobs == 1)); then printf 'cpus_allowed=%s\n' "$FIO_CPU"; else printf 'cpus_allowed=0-%s\n' "$((NCPU - 1))"; fi
+  done <<<"$WORKLOADS"
+}
+
+run_fio() {   # run_fio TARGET QUEUES ROUND
+  local t=$1 q=$2 r=$3 f=$OUT/runs/$1.q$2.r$3
+  jobfile "$q" > "$f.fio"
+  if ! timeout 600 fio --output-format=json --output="$f.json" "$f.fio" 2>"$f.fio.err"; then
+    log "fio on $t q$q round $r failed: $(tr '\n' ' ' < "$f.fio.err" | cut -c1-300)"
+    return 1
+  fi
+}
+
+one() {   # one TARGET QUEUES ROUND
+  local t=$1 q=$2 r=$3 err=$OUT/runs/$1.q$2.r$3.err
+  case $t in
+    aot) start_aot "$q" "$err" || return 1; run_fio "$t" "$q" "$r"; stop_aot ;;
+    nbd) start_nbd "$q" "$err" || return 1; run_fio "$t" "$q" "$r"; stop_nbd ;;
+  esac
+  log "$t q$q round $r done"
+}
+
+modprobe ublk_drv || { log "no ublk_drv"; exit 1; }
+modprobe nbd nbds_max=1 || { log "no nbd module"; exit 1; }
+command -v nbd-client >/dev/null || { log "no nbd-client"; exit 1; }
+start_nbdkit || exit 1
+{
+  echo "kernel=$(uname -r)"
+  echo "cpus=$NCPU"
+  echo "fio=$(fio --version)"
+  echo "nbdkit=$(nbdkit --version | head -n1)"
+  echo "nbd_client=nbd-client $(nbd-client -V 2>&1 | grep -o '[0-9][0-9.]*' | head -n1)"
+  echo "export=nbdkit memory $SIZE over a unix socket"
+  echo "rounds=$ROUNDS, fio ramp $RAMP s + $RUNTIME s, depth $DEPTH"
+} > "$OUT/meta.env"
+
+# Fill the export once (through ublk-aot), so every read finds stored data.
+start_aot 1 "$OUT/fill.err" || exit 1
+log "filling the $SIZE export"
+fio --name=fill --filename="$DEV" --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=8 \
+  --refill_buffers=1 --output="$OUT/fill.txt" >/dev/null 2>&1 || { log "fill failed"; exit 1; }
+stop_aot
+
+status=0
+for ((r = 1; r <= ROUNDS; r++)); do
+  if ((r % 2)); then order="aot nbd"; else order="nbd aot"; fi
+  for q in 1 2; do
+    for t in $order; do one "$t" "$q" "$r" || status=1; done
+  done
+done
+log "done (status $status)"
+exit $status
