@@ -138,6 +138,16 @@ public sealed class Qcow2ImageTests : IDisposable
     }
 
     [Fact]
+    public void A_zstd_compressed_image_is_refused()
+    {
+        RequireQemu();
+        string img = P("z.qcow2");
+        Sh("qemu-img create -q -f qcow2 -o compression_type=zstd " + img + " 4M");
+        var e = Assert.Throws<SpecException>(() => Qcow2Image.Open(img));
+        Assert.Equal("qcow2: " + img + ": compression type zstd is not supported (zlib is)", e.Message);
+    }
+
+    [Fact]
     public void An_unknown_incompatible_feature_bit_is_refused_and_named()
     {
         RequireQemu();
