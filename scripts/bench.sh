@@ -194,28 +194,35 @@ start_load_sampler() {
   SAMPLER_PID=$!
 }
 
-run_matrix() {
-  local run=$1 rc=0
-  cp "$ROOT/out/ublk-aot" "$run/ublk-aot"        # frozen: out/ may be rebuilt meanwhile
-  cp "$KUBLK_DIR/current/kublk" "$run/kublk"
-  cp "$KUBLK_DIR/current/BUILD-INFO" "$run/kublk.BUILD-INFO"
-  cp "$ROOT/scripts/bench/matrix.sh" "$run/matrix.sh"
+# run_guest RUN SCRIPT WHAT MINUTES PASSENV: RUN/SCRIPT on this host (BENCH_NATIVE)
+# or in one VM boot (multi-threaded TCG, 2 vCPUs), with the host load sampled.
+run_guest() {
+  local run=$1 script=$2 what=$3 minutes=$4 passenv=$5 rc=0
   start_load_sampler "$run"
   if ((BENCH_NATIVE)); then
-    log "running the matrix on this host ($(uname -r))"
-    bash "$run/matrix.sh" "$run" || rc=$?
+    log "running the $what on this host ($(uname -r))"
+    bash "$run/$script" "$run" || rc=$?
   else
-    log "running the matrix in one VM boot (multi-threaded TCG, 2 vCPUs); expect ~20 min"
+    log "running the $what in one VM boot (multi-threaded TCG, 2 vCPUs); expect ~$minutes min"
     (
       cd "$run"
       export VM_TCG_THREAD=multi VM_CPUS=2 VM_MEM VM_TIMEOUT=${VM_TIMEOUT:-3000}
-      export VM_PASSENV="BENCH_ROUNDS BENCH_RUNTIME BENCH_RAMP BENCH_TARGETS BENCH_WORKLOADS BENCH_EXTRAS BENCH_FILE_SIZE BENCH_MEM_SIZE BENCH_SYSCALL_QDS BENCH_SYSCALL_RUNS BENCH_PROFILE_RUNS"
-      exec "$ROOT/scripts/vm-run.sh" -w "$run" -- bash "$run/matrix.sh" "$run"
+      export VM_PASSENV=$passenv
+      exec "$ROOT/scripts/vm-run.sh" -w "$run" -- bash "$run/$script" "$run"
     ) || rc=$?
   fi
   kill "$SAMPLER_PID" 2>/dev/null || true
   wait "$SAMPLER_PID" 2>/dev/null || true
   return $rc
+}
+
+run_matrix() {
+  local run=$1
+  cp "$ROOT/out/ublk-aot" "$run/ublk-aot"        # frozen: out/ may be rebuilt meanwhile
+  cp "$KUBLK_DIR/current/kublk" "$run/kublk"
+  cp "$KUBLK_DIR/current/BUILD-INFO" "$run/kublk.BUILD-INFO"
+  cp "$ROOT/scripts/bench/matrix.sh" "$run/matrix.sh"
+  run_guest "$run" matrix.sh matrix 20 "BENCH_ROUNDS BENCH_RUNTIME BENCH_RAMP BENCH_TARGETS BENCH_WORKLOADS BENCH_EXTRAS BENCH_FILE_SIZE BENCH_MEM_SIZE BENCH_SYSCALL_QDS BENCH_SYSCALL_RUNS BENCH_PROFILE_RUNS"
 }
 
 # host/vm lines for the report, appended to the guest's meta.env.
@@ -233,26 +240,12 @@ record_context() {
   } >> "$run/meta.env"
 }
 
-# nbd mode: the guest script in one VM boot (multi-threaded TCG, as the matrix).
+# nbd mode: the nbd guest script, the same way.
 run_nbd() {
-  local run=$1 rc=0
+  local run=$1
   cp "$ROOT/out/ublk-aot" "$run/ublk-aot"
   cp "$ROOT/scripts/bench/nbd-matrix.sh" "$run/nbd-matrix.sh"
-  start_load_sampler "$run"
-  if ((BENCH_NATIVE)); then
-    bash "$run/nbd-matrix.sh" "$run" || rc=$?
-  else
-    log "running the nbd matrix in one VM boot; expect ~10 min"
-    (
-      cd "$run"
-      export VM_TCG_THREAD=multi VM_CPUS=2 VM_MEM VM_TIMEOUT=${VM_TIMEOUT:-3000}
-      export VM_PASSENV="BENCH_ROUNDS BENCH_RUNTIME BENCH_RAMP BENCH_NBD_SIZE"
-      exec "$ROOT/scripts/vm-run.sh" -w "$run" -- bash "$run/nbd-matrix.sh" "$run"
-    ) || rc=$?
-  fi
-  kill "$SAMPLER_PID" 2>/dev/null || true
-  wait "$SAMPLER_PID" 2>/dev/null || true
-  return $rc
+  run_guest "$run" nbd-matrix.sh "nbd matrix" 10 "BENCH_ROUNDS BENCH_RUNTIME BENCH_RAMP BENCH_NBD_SIZE"
 }
 
 # ------------------------------------------------------------------ main
