@@ -15,6 +15,7 @@ public static class BackendTable
         FileSpec.Kind,
         FaultSpec.Kind,
         NbdSpec.Kind,
+        Qcow2Spec.Kind,
     ];
 
     /// <summary>"null:SIZE | mem:SIZE | …", for one-line messages.</summary>

@@ -22,21 +22,26 @@ public enum Qcow2Kind : byte
 /// <param name="Length">Guest bytes from the asked offset that map alike (to the end of the cluster or subcluster).</param>
 /// <param name="Host">Data: the host offset of the asked guest byte. Compressed: the compressed data's host offset.</param>
 /// <param name="ClusterOffset">Compressed: the asked byte's offset inside the decompressed cluster.</param>
-public readonly record struct Qcow2Mapping(Qcow2Kind Kind, uint Length, ulong Host, uint CompressedBytes, uint ClusterOffset);
+/// <param name="InPlace">Data whose host cluster has refcount exactly 1 (the COPIED bit): a write may go straight there.</param>
+public readonly record struct Qcow2Mapping(Qcow2Kind Kind, uint Length, ulong Host, uint CompressedBytes, uint ClusterOffset, bool InPlace = false);
 
 /// <summary>
-/// A qcow2 image opened for reading: the header, the L1 table in memory, L2 entries read on demand, and the
-/// backing chain (raw or qcow2, names relative to the image's directory, as qemu resolves them). The read path
-/// here is synchronous (metadata at open, tools and tests); the serving backend's data path will go through the
-/// queue's io_uring with this mapping.
+/// A qcow2 image: the header, the L1 table in memory, L2 tables in an LRU cache, and the backing chain (raw or
+/// qcow2, opened read-only, names relative to the image's directory, as qemu resolves them). Reads and writes here
+/// are synchronous; the serving backend (<see cref="Qcow2Backend"/>) sends data I/O through the queue's io_uring
+/// with <see cref="Map"/> and comes here for what needs metadata (allocation, backing, compressed clusters).
+/// Not thread-safe: one thread (the device's one queue) owns an image once it is open.
 /// </summary>
-public sealed class Qcow2Image : IDisposable
+public sealed partial class Qcow2Image : IDisposable
 {
     /// <summary>A chain deeper than this is refused (qemu has no fixed limit; a loop must end somewhere).</summary>
     public const int MaxChainDepth = 16;
 
+    /// <summary>qemu's own default (since 3.1, on Linux): enough tables to map 32 MiB worth of them.</summary>
+    public const ulong DefaultL2CacheBytes = 32u << 20;
+
     private const ulong OffsetMask = 0x00ff_ffff_ffff_fe00; // bits 9..55 of L1 and standard L2 entries
-    private const ulong L2Compressed = 1UL << 62, L2ZeroFlag = 1;
+    private const ulong Copied = 1UL << 63, L2Compressed = 1UL << 62, L2ZeroFlag = 1;
 
     private readonly SafeFileHandle _fd;
     private readonly ulong[] _l1;
@@ -54,12 +59,13 @@ public sealed class Qcow2Image : IDisposable
     private readonly SafeFileHandle? _backingRaw;
     private readonly ulong _backingRawSize;
 
-    private Qcow2Image(string path, int depth)
+    private Qcow2Image(string path, int depth, bool writable, ulong l2CacheBytes)
     {
         Path = path;
+        Writable = writable;
         try
         {
-            _fd = File.OpenHandle(path, FileMode.Open, FileAccess.Read);
+            _fd = File.OpenHandle(path, FileMode.Open, writable ? FileAccess.ReadWrite : FileAccess.Read);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -84,12 +90,19 @@ public sealed class Qcow2Image : IDisposable
                 ReadExactly(Header.L1TableOffset, l1, "the L1 table");
                 for (int i = 0; i < _l1.Length; i++) _l1[i] = BinaryPrimitives.ReadUInt64BigEndian(l1.AsSpan(i * 8));
             }
+            _l2Words = Header.L2Entries * (Header.ExtendedL2 ? 2 : 1);
+            _l2Raw = new byte[Header.ClusterSize];
+            ulong tables = Math.Max(1, Math.Min(l2CacheBytes / (ulong)Header.ClusterSize, Math.Max(1, (ulong)Header.L1Size)));
+            _cacheTables = new ulong[Math.Min(tables, 1u << 16)][];
+            _cacheKey = new ulong[_cacheTables.Length];
+            _cacheUse = new long[_cacheTables.Length];
+            _cacheIndex = new System.Collections.Generic.Dictionary<ulong, int>(_cacheTables.Length);
             if (Header.BackingFile is { } b)
             {
                 if (depth >= MaxChainDepth) throw new SpecException("qcow2: " + path + ": the backing chain is deeper than " + MaxChainDepth);
                 string full = System.IO.Path.IsPathRooted(b) ? b : System.IO.Path.Combine(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path)) ?? "/", b);
                 string format = Header.BackingFormat ?? Probe(full);
-                if (format == "qcow2") Backing = new Qcow2Image(full, depth + 1);
+                if (format == "qcow2") Backing = new Qcow2Image(full, depth + 1, writable: false, l2CacheBytes);
                 else if (format == "raw")
                 {
                     try { _backingRaw = File.OpenHandle(full, FileMode.Open, FileAccess.Read); }
@@ -101,6 +114,12 @@ public sealed class Qcow2Image : IDisposable
                 }
                 else throw new SpecException("qcow2: " + path + ": backing file format '" + format + "' is not supported (raw and qcow2 are)");
             }
+            if (writable) OpenForWriting();
+        }
+        catch (Qcow2Exception e)
+        {
+            Dispose();
+            throw new SpecException(e.Message, e.Errno);
         }
         catch
         {
@@ -109,8 +128,62 @@ public sealed class Qcow2Image : IDisposable
         }
     }
 
-    /// <summary>Opens <paramref name="path"/> and its backing chain for reading; one-line <see cref="SpecException"/> on any problem.</summary>
-    public static Qcow2Image Open(string path) => new(path, 0);
+    /// <summary>
+    /// Opens <paramref name="path"/> (for writing too if <paramref name="writable"/>) and its backing chain, read-only;
+    /// one-line <see cref="SpecException"/> on any problem. <paramref name="l2CacheBytes"/> bounds each image's L2 cache.
+    /// </summary>
+    public static Qcow2Image Open(string path, bool writable = false, ulong l2CacheBytes = DefaultL2CacheBytes)
+        => new(path, 0, writable, l2CacheBytes);
+
+    public bool Writable { get; }
+
+    /// <summary>The image's file descriptor, for the queue's io_uring (registered as a fixed file).</summary>
+    public int Fd => (int)_fd.DangerousGetHandle();
+
+    /// <summary>True if the image has a backing file: what is not allocated here reads from it, not as zeros.</summary>
+    public bool HasBacking => Backing != null || _backingRaw != null;
+
+    // The L2 cache: up to _cacheTables.Length tables, decoded to host order (extended entries: two words each),
+    // looked up by the table's host offset, evicted least recently used. Tables are allocated on first use of a slot.
+    private readonly int _l2Words;
+    private readonly byte[] _l2Raw;
+    private readonly ulong[][] _cacheTables;
+    private readonly ulong[] _cacheKey;
+    private readonly long[] _cacheUse;
+    private readonly System.Collections.Generic.Dictionary<ulong, int> _cacheIndex;
+    private long _cacheClock;
+
+    /// <summary>Loads of L2 tables from the file (cache misses), for the stats and tests.</summary>
+    public long L2Loads { get; private set; }
+
+    /// <summary>The L2 table at host offset <paramref name="table"/>, from the cache or the file.</summary>
+    private ulong[] L2(ulong table)
+    {
+        if (_cacheIndex.TryGetValue(table, out int slot))
+        {
+            _cacheUse[slot] = ++_cacheClock;
+            return _cacheTables[slot];
+        }
+        ReadExactly(table, _l2Raw, "an L2 table"); // before a slot is taken: a failed read leaves the cache as it was
+        ulong[] t = _cacheTables[CacheSlotFor(table)];
+        for (int i = 0; i < t.Length; i++) t[i] = BinaryPrimitives.ReadUInt64BigEndian(_l2Raw.AsSpan(i * 8));
+        L2Loads++;
+        return t;
+    }
+
+    /// <summary>A free (or the least recently used) slot, now keyed by <paramref name="table"/>; its contents are stale.</summary>
+    private int CacheSlotFor(ulong table)
+    {
+        int slot = 0;
+        for (int i = 1; i < _cacheUse.Length && _cacheUse[slot] != 0; i++)
+            if (_cacheUse[i] < _cacheUse[slot]) slot = i;
+        if (_cacheUse[slot] != 0) _cacheIndex.Remove(_cacheKey[slot]);
+        _cacheTables[slot] ??= new ulong[_l2Words];
+        _cacheKey[slot] = table;
+        _cacheUse[slot] = ++_cacheClock;
+        _cacheIndex[table] = slot;
+        return slot;
+    }
 
     /// <summary>Where guest byte <paramref name="offset"/> (below the virtual size) is, and how far that holds.</summary>
     public Qcow2Mapping Map(ulong offset)
@@ -127,9 +200,8 @@ public sealed class Qcow2Image : IDisposable
         if (l2Table == 0) return new(Qcow2Kind.Unallocated, toClusterEnd, 0, 0, 0);
         if (l2Table % (ulong)h.ClusterSize != 0) throw Corrupt("L1 entry " + l1Index + " points at 0x" + l2Table.ToString("x", Inv) + ", not a cluster boundary");
 
-        Span<byte> e = stackalloc byte[16];
-        ReadExactly(l2Table + (ulong)(l2Index * h.L2EntrySize), e[..h.L2EntrySize], "an L2 entry");
-        ulong entry = BinaryPrimitives.ReadUInt64BigEndian(e);
+        ulong[] t = L2(l2Table);
+        ulong entry = t[h.ExtendedL2 ? 2 * l2Index : l2Index];
         if ((entry & L2Compressed) != 0)
         {
             ulong host = entry & ((1UL << _csizeShift) - 1);
@@ -143,10 +215,10 @@ public sealed class Qcow2Image : IDisposable
         {
             if ((entry & L2ZeroFlag) != 0 && h.Version == 3) return new(Qcow2Kind.Zero, toClusterEnd, 0, 0, 0);
             if (hostCluster == 0) return new(Qcow2Kind.Unallocated, toClusterEnd, 0, 0, 0);
-            return new(Qcow2Kind.Data, toClusterEnd, hostCluster + inCluster, 0, 0);
+            return new(Qcow2Kind.Data, toClusterEnd, hostCluster + inCluster, 0, 0, (entry & Copied) != 0);
         }
         // Extended L2: 32 subclusters; bitmap bit i allocated, bit 32 + i reads as zero ("Extended L2 Entries").
-        ulong bitmap = BinaryPrimitives.ReadUInt64BigEndian(e[8..]);
+        ulong bitmap = t[2 * l2Index + 1];
         int scBits = cb - 5;
         int sc = (int)(inCluster >> scBits);
         uint toScEnd = (uint)(1 << scBits) - (inCluster & (uint)((1 << scBits) - 1));
@@ -155,7 +227,7 @@ public sealed class Qcow2Image : IDisposable
         if (zero) return new(Qcow2Kind.Zero, toScEnd, 0, 0, 0);
         if (!alloc) return new(Qcow2Kind.Unallocated, toScEnd, 0, 0, 0);
         if (hostCluster == 0) throw Corrupt("guest cluster " + vcluster + " has allocated subclusters and no host cluster");
-        return new(Qcow2Kind.Data, toScEnd, hostCluster + inCluster, 0, 0);
+        return new(Qcow2Kind.Data, toScEnd, hostCluster + inCluster, 0, 0, (entry & Copied) != 0);
     }
 
     /// <summary>Reads guest bytes at <paramref name="offset"/> into <paramref name="into"/> (past the virtual size: zeros).</summary>
@@ -274,7 +346,7 @@ public sealed class Qcow2Image : IDisposable
 
     private static readonly IFormatProvider Inv = System.Globalization.CultureInfo.InvariantCulture;
 
-    private SpecException Corrupt(string what) => new("qcow2: " + Path + ": corrupt image: " + what);
+    private Qcow2Exception Corrupt(string what) => new("qcow2: " + Path + ": corrupt image: " + what);
 
     public void Dispose()
     {
