@@ -240,7 +240,7 @@ public sealed partial class Qcow2Image
         }
         if (table == 0) table = NewTable(l1Index);
         AddPending(new Pending { Table = table, L2Index = l2Index, Entry = target | Copied, Bitmap = h.ExtendedL2 ? AllAllocated : 0 });
-        if (compressed) AddFreed(new Freed(entry & ((1UL << _csizeShift) - 1), CompressedLength(entry)));
+        if (compressed) AddFreed(new Freed(CompressedHost(entry), CompressedLength(entry)));
         else if (host != 0 && !owned) AddFreed(new Freed(host, 0));
     }
 
@@ -264,7 +264,7 @@ public sealed partial class Qcow2Image
         if (newEntry == entry && newBitmap == bitmap) return; // (so with no table: nothing shows through, nothing to do)
         if (table == 0) table = NewTable(l1Index);
         AddPending(new Pending { Table = table, L2Index = l2Index, Entry = newEntry, Bitmap = newBitmap });
-        if (compressed) AddFreed(new Freed(entry & ((1UL << _csizeShift) - 1), CompressedLength(entry)));
+        if (compressed) AddFreed(new Freed(CompressedHost(entry), CompressedLength(entry)));
         else if (host != 0 && !keep) AddFreed(new Freed(host, 0));
     }
 
@@ -340,9 +340,13 @@ public sealed partial class Qcow2Image
         }
     }
 
+    /// <summary>A compressed L2 descriptor's host byte offset (bits 0..x-1).</summary>
+    private ulong CompressedHost(ulong entry) => entry & ((1UL << _csizeShift) - 1);
+
+    /// <summary>A compressed L2 descriptor's length in bytes: its 512-byte sectors, less the offset into the first.</summary>
     private uint CompressedLength(ulong entry)
     {
-        ulong host = entry & ((1UL << _csizeShift) - 1);
+        ulong host = CompressedHost(entry);
         ulong sectors = ((entry >> _csizeShift) & _csizeMask) + 1;
         return (uint)(sectors * 512 - (host & 511));
     }

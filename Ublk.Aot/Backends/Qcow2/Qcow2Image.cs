@@ -204,10 +204,7 @@ public sealed partial class Qcow2Image : IDisposable
         ulong entry = t[h.ExtendedL2 ? 2 * l2Index : l2Index];
         if ((entry & L2Compressed) != 0)
         {
-            ulong host = entry & ((1UL << _csizeShift) - 1);
-            ulong sectors = ((entry >> _csizeShift) & _csizeMask) + 1;
-            ulong bytes = sectors * 512 - (host & 511);
-            return new(Qcow2Kind.Compressed, toClusterEnd, host, (uint)bytes, inCluster);
+            return new(Qcow2Kind.Compressed, toClusterEnd, CompressedHost(entry), CompressedLength(entry), inCluster);
         }
         ulong hostCluster = entry & OffsetMask;
         if (hostCluster % (ulong)h.ClusterSize != 0) throw Corrupt("the L2 entry of guest cluster " + vcluster + " points at 0x" + hostCluster.ToString("x", Inv) + ", not a cluster boundary");
