@@ -7,8 +7,14 @@
 #   scripts/bench.sh nbd        the nbd backend against the kernel's nbd client
 #                               (nbd-client) on one nbdkit memory export, in ONE
 #                               VM boot: scripts/bench/nbd-matrix.sh and
-#                               nbd-report.py (BENCH_ROUNDS, BENCH_RUNTIME,
+#                               pair-report.py (BENCH_ROUNDS, BENCH_RUNTIME,
 #                               BENCH_RAMP, BENCH_NBD_SIZE); no kublk build
+#   scripts/bench.sh qcow2      the qcow2 backend against qemu-nbd + the kernel's
+#                               nbd client on the same image and against the
+#                               file backend on its raw copy, in ONE VM boot:
+#                               scripts/bench/qcow2-matrix.sh and pair-report.py
+#                               (BENCH_ROUNDS, BENCH_RUNTIME, BENCH_RAMP,
+#                               BENCH_QCOW2_SIZE); no kublk build
 #
 # Steps:
 #   1. prerequisites on the host (fio, strace, gcc, ...; scripts/vm-setup.sh)
@@ -62,6 +68,7 @@ prerequisites() {
   # strace: fallback counter of syscalls per I/O when perf cannot run.
   local tools="fio:fio strace:strace gcc:gcc xz:xz-utils dpkg-deb:dpkg"
   [[ $MODE == nbd ]] && tools="fio:fio nbd-client:nbd-client"
+  [[ $MODE == qcow2 ]] && tools="fio:fio nbd-client:nbd-client qemu-nbd:qemu-utils"
   for p in $tools; do
     command -v "${p%%:*}" >/dev/null || need+=("${p#*:}")
   done
@@ -240,37 +247,37 @@ record_context() {
   } >> "$run/meta.env"
 }
 
-# nbd mode: the nbd guest script, the same way.
-run_nbd() {
+# nbd and qcow2 modes: MODE-matrix.sh in the guest, the same way.
+run_pair() {
   local run=$1
   cp "$ROOT/out/ublk-aot" "$run/ublk-aot"
-  cp "$ROOT/scripts/bench/nbd-matrix.sh" "$run/nbd-matrix.sh"
-  run_guest "$run" nbd-matrix.sh "nbd matrix" 10 "BENCH_ROUNDS BENCH_RUNTIME BENCH_RAMP BENCH_NBD_SIZE"
+  cp "$ROOT/scripts/bench/$MODE-matrix.sh" "$ROOT/scripts/bench/pair-common.sh" "$run/"
+  run_guest "$run" "$MODE-matrix.sh" "$MODE matrix" 10 "BENCH_ROUNDS BENCH_RUNTIME BENCH_RAMP BENCH_NBD_SIZE BENCH_QCOW2_SIZE"
 }
 
 # ------------------------------------------------------------------ main
 MODE=matrix
 case ${1:-} in
   "") ;;
-  nbd) MODE=nbd ;;
+  nbd|qcow2) MODE=$1 ;;
   -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
-  *) echo "usage: scripts/bench.sh [nbd] (settings through the BENCH_* variables; -h for help)" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [nbd|qcow2] (settings through the BENCH_* variables; -h for help)" >&2; exit 2 ;;
 esac
 prerequisites
-if [[ $MODE == nbd ]]; then
-  run=$BENCH_CACHE/runs/nbd-$(date +%Y%m%d-%H%M%S)
+if [[ $MODE != matrix ]]; then
+  run=$BENCH_CACHE/runs/$MODE-$(date +%Y%m%d-%H%M%S)
   mkdir -p "$run"
   SAMPLER_PID=""
   trap 'if [[ -n $SAMPLER_PID ]]; then kill "$SAMPLER_PID" 2>/dev/null || true; fi' EXIT
   status=0
-  run_nbd "$run" || status=$?
+  run_pair "$run" || status=$?
   record_context "$run"
-  python3 "$ROOT/scripts/bench/nbd-report.py" "$run" > "$run/results.md" || die "nbd-report.py failed on $run"
+  python3 "$ROOT/scripts/bench/pair-report.py" "$run" > "$run/results.md" || die "pair-report.py failed on $run"
   cat "$run/results.md"
   log "raw data: $run; wall time $(( (SECONDS - t_start) / 60 )) min $(( (SECONDS - t_start) % 60 )) s"
-  ((status == 0)) || { log "the nbd matrix did not finish (status $status); docs/benchmarks.md left as it was"; exit "$status"; }
+  ((status == 0)) || { log "the $MODE matrix did not finish (status $status); docs/benchmarks.md left as it was"; exit "$status"; }
   if [[ $BENCH_DOC == 1 ]]; then
-    python3 "$ROOT/scripts/bench/nbd-report.py" "$run" --doc "$DOC" || die "cannot update $DOC"
+    python3 "$ROOT/scripts/bench/pair-report.py" "$run" --doc "$DOC" || die "cannot update $DOC"
     log "updated $DOC"
   fi
   exit 0

@@ -72,22 +72,7 @@ public sealed class StressTortureTests(ITestOutputHelper output)
             Assert.True(s.StatSum("discards") > 0 && s.StatSum("write_zeroes") > 0, "discards/zero-outs did not reach the server:\n" + s.Stderr);
 
             // The file backend maps device offsets 1:1 onto the backing file: the file must equal the shadows.
-            if (kind == "file")
-            {
-                using var f = new FileStream(img, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-                byte[] raw = new byte[4 * MiB];
-                foreach (StressWorker w in ws)
-                {
-                    for (long off = 0; off < w.Shadow.Length; off += raw.Length)
-                    {
-                        f.Position = w.RegionStart + off;
-                        f.ReadExactly(raw);
-                        ReadOnlySpan<byte> expect = w.Shadow.AsSpan((int)off, raw.Length);
-                        Assert.True(expect.SequenceEqual(raw), "backing file after exit, seed " + seed + ": " +
-                            StressWorker.MismatchMessage(img + " (behind " + s.DevicePath + ")", w.RegionStart + off, expect, raw));
-                    }
-                }
-            }
+            if (kind == "file") AssertEqualsShadows(img, ws, "backing file after exit, seed " + seed, img + " (behind " + s.DevicePath + ")");
         }
         AssertNoDevices();
         Directory.Delete(dir, true);
@@ -149,20 +134,7 @@ public sealed class StressTortureTests(ITestOutputHelper output)
             foreach (StressWorker w in ws) Assert.True(w.Writes > 0 && w.Reads > 0, "a worker did no real work: " + w.Summary);
             output.WriteLine(cycles + " kill/recover cycles in " + sw.Elapsed.TotalSeconds.ToString("F0") + " s, seed " + seed);
             Assert.Equal(0, s.Stop());
-            using var f = new FileStream(img, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-            byte[] raw = new byte[4 * MiB];
-            foreach (StressWorker w in ws)
-            {
-                for (long off = 0; off < w.Shadow.Length; off += raw.Length)
-                {
-                    int n = (int)Math.Min(raw.Length, w.Shadow.Length - off);
-                    f.Position = w.RegionStart + off;
-                    f.ReadExactly(raw, 0, n);
-                    ReadOnlySpan<byte> expect = w.Shadow.AsSpan((int)off, n);
-                    Assert.True(expect.SequenceEqual(raw.AsSpan(0, n)), "backing file after " + cycles + " recoveries, seed " + seed + ": " +
-                        StressWorker.MismatchMessage(img, w.RegionStart + off, expect, raw.AsSpan(0, n)));
-                }
-            }
+            AssertEqualsShadows(img, ws, "backing file after " + cycles + " recoveries, seed " + seed, img);
         }
         finally
         {
@@ -173,5 +145,91 @@ public sealed class StressTortureTests(ITestOutputHelper output)
         }
         AssertNoDevices();
         Directory.Delete(dir, true);
+    }
+
+    /// <summary>
+    /// The torture workload on a qcow2 image (one queue: the backend's limit) that starts empty or over a qcow2
+    /// backing image qemu-io filled with a pattern: every block read back matches the shadow while clusters are
+    /// allocated, copied on write, zero-flagged and unallocated under the workers; after a clean stop `qemu-img check`
+    /// finds no errors and no leaks, and `qemu-img convert -O raw` equals the shadows.
+    /// </summary>
+    [Theory]
+    [InlineData("compat=1.1,cluster_size=65536", 512, false)]
+    [InlineData("compat=1.1,cluster_size=65536,extended_l2=on", 4096, true)]
+    [InlineData("compat=0.10,cluster_size=4096", 4096, false)]
+    public void Torture_on_qcow2_matches_the_shadow_and_qemu_img_check_is_clean(string options, int blockSize, bool backing)
+    {
+        TimeSpan duration = StressKnobs.Duration("UBLK_TORTURE_DURATION", TimeSpan.FromSeconds(25)) / 2;
+        int seed = StressKnobs.Seed();
+        const long size = 128 * MiB;
+        const long filled = 40 * MiB; // what the backing image holds (0x5a), the rest of it reads as zeros
+        const int workers = 8;
+        string dir = TempDir("torture-qcow2");
+        string img = Path.Combine(dir, "disk.qcow2");
+        if (backing)
+        {
+            Sh("cd " + dir + " && qemu-img create -q -f qcow2 base.qcow2 128M && qemu-io -f qcow2 base.qcow2 -c 'write -P 0x5a 0 40M' >/dev/null");
+            Sh("cd " + dir + " && qemu-img create -q -f qcow2 -o " + options + " -b base.qcow2 -F qcow2 disk.qcow2 128M");
+        }
+        else Sh("qemu-img create -q -f qcow2 -o " + options + " " + img + " 128M");
+        var workload = new StressWorkload
+        {
+            Align = blockSize,
+            MaxLength = 1024 * 1024,
+            SmallMax = 32 * 1024,
+            WritePercent = 45,
+            ZeroOutPercent = 3,
+            DiscardPercent = 2,
+            FsyncPercent = 2,
+            Duration = duration,
+            VerifyEvery = TimeSpan.FromSeconds(Math.Max(4, duration.TotalSeconds / 3)),
+        };
+        var ws = new StressWorker[workers];
+        using (ServerProcess s = ServerProcess.Start("--backend qcow2:" + img + " --queues 1 --depth 64 --max-io 256K --block-size " + blockSize + " --stats"))
+        {
+            for (int i = 0; i < workers; i++)
+            {
+                long start = i * (size / workers);
+                byte[] initial = new byte[size / workers];
+                if (backing && start < filled) initial.AsSpan(0, (int)Math.Min(initial.Length, filled - start)).Fill(0x5a);
+                ws[i] = new StressWorker(i, s.DevicePath, start, size / workers, workload, seed + i, initial);
+                ws[i].Start();
+            }
+            StressThreads.AssertAllEnd(Array.ConvertAll(ws, w => w.Thread), duration + TimeSpan.FromMinutes(5), s.DevicePath + ": qcow2 torture workers", s.Pid);
+            foreach (StressWorker w in ws) output.WriteLine(w.Summary);
+            foreach (StressWorker w in ws) Assert.True(w.Failure == null, w.Failure);
+            foreach (StressWorker w in ws) Assert.True(w.Writes > 0 && w.Reads > 0 && w.Verifies > 0, "a worker did no real work: " + w.Summary);
+            int code = s.Stop();
+            Assert.True(code == 0, "serve exit " + code + "\n" + s.Stderr);
+            output.WriteLine(s.Stderr);
+            Assert.True(s.StatSum("errors") == 0, "the server counted failed requests:\n" + s.Stderr);
+            Assert.True(s.StatSum("flushes") > 0 && s.StatSum("discards") > 0 && s.StatSum("write_zeroes") > 0, "flush/discard/zero-out did not reach the server:\n" + s.Stderr);
+        }
+        AssertNoDevices();
+        Result check = Sh("qemu-img check " + img, check: false);
+        output.WriteLine(check.Out);
+        Assert.True(check.Code == 0 && check.Out.Contains("No errors were found"), "qemu-img check after the torture, seed " + seed + ":\n" + check);
+        string raw = Path.Combine(dir, "disk.raw");
+        Sh("qemu-img convert -O raw " + img + " " + raw);
+        AssertEqualsShadows(raw, ws, "qemu-img convert after the torture, seed " + seed, raw);
+        Directory.Delete(dir, true);
+    }
+
+    /// <summary>A file that maps device offsets 1:1 (a raw backing file, qemu-img's raw output) must hold every worker's shadow.</summary>
+    private static void AssertEqualsShadows(string path, StressWorker[] ws, string what, string name)
+    {
+        using var f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        byte[] raw = new byte[4 * MiB];
+        foreach (StressWorker w in ws)
+        {
+            for (long off = 0; off < w.Shadow.Length; off += raw.Length)
+            {
+                int n = (int)Math.Min(raw.Length, w.Shadow.Length - off);
+                f.Position = w.RegionStart + off;
+                f.ReadExactly(raw, 0, n);
+                ReadOnlySpan<byte> expect = w.Shadow.AsSpan((int)off, n);
+                Assert.True(expect.SequenceEqual(raw.AsSpan(0, n)), what + ": " + StressWorker.MismatchMessage(name, w.RegionStart + off, expect, raw.AsSpan(0, n)));
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@
 # separated by stonewall.
 #
 # Writes OUTDIR/meta.env, OUTDIR/runs/T.qQ.rN.json (fio JSON), .err (server
-# stderr), OUTDIR/matrix.log.  scripts/bench/nbd-report.py reads them.
+# stderr), OUTDIR/matrix.log.  scripts/bench/pair-report.py reads them.
 #
 # Env (defaults): BENCH_AOT (OUTDIR/ublk-aot)  BENCH_ROUNDS (3)
 #   BENCH_RUNTIME (4) BENCH_RAMP (1)   seconds per fio job: RAMP + RUNTIME
@@ -45,10 +45,11 @@ rr4k-qd128-2q  randread  4k    64           2     2
 WORK=/run/ublk-nbd-bench
 SOCK=$WORK/nbd.sock
 mkdir -p "$OUT/runs" "$WORK"
-exec 3>>"$OUT/matrix.log"
-log() { local m; m="[$(date +%T)] $*"; echo "$m" >&3; echo "bench-nbd: $m" >&2; }
+LOG_TAG=bench-nbd
+# shellcheck source=scripts/bench/pair-common.sh
+source "$(dirname "$0")/pair-common.sh"   # log, start_aot/stop_aot, start_nbd/stop_nbd, run_fio
 
-NBDKIT_PID="" SRV_PID="" AOT_ID="" NBD_DEV=""
+NBDKIT_PID=""
 # shellcheck disable=SC2317  # the EXIT trap
 cleanup() {
   set +e
@@ -70,84 +71,11 @@ start_nbdkit() {
   return 1
 }
 
-# start_aot QUEUES ERRFILE: sets DEV, SRV_PID, AOT_ID.
-start_aot() {
-  local q=$1 err=$2 dev="" i outf=$WORK/aot.out
-  : > "$outf"
-  "$AOT" serve --backend "nbd+unix:///?socket=$SOCK" --queues "$q" --depth "$DEPTH" \
-    --cpus "$(seq -s, 0 $((q < NCPU ? q - 1 : NCPU - 1)))" --stats >"$outf" 2>"$err" &
-  SRV_PID=$!
-  for ((i = 0; i < 300; i++)); do
-    read -r dev < "$outf" 2>/dev/null
-    [[ $dev == /dev/ublkb* && -b $dev ]] && break
-    kill -0 "$SRV_PID" 2>/dev/null || break
-    dev=""; sleep 0.1
-  done
-  if [[ -z $dev ]]; then
-    log "ublk-aot did not come up: $(tr '\n' ' ' < "$err" | cut -c1-300)"
-    stop_aot; return 1
-  fi
-  AOT_ID=${dev#/dev/ublkb}; DEV=$dev
-}
-
-stop_aot() {
-  local i
-  kill -TERM "$SRV_PID" 2>/dev/null
-  for ((i = 0; i < 200; i++)); do kill -0 "$SRV_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$SRV_PID" 2>/dev/null && { log "ublk-aot ignored SIGTERM; killing it"; kill -KILL "$SRV_PID"; }
-  wait "$SRV_PID" 2>/dev/null
-  SRV_PID=""
-  if [[ -n $AOT_ID && -e /sys/class/ublk-char/ublkc$AOT_ID ]]; then
-    timeout 30 "$AOT" del "$AOT_ID" >&3 2>&1
-  fi
-  AOT_ID=""
-}
-
-# start_nbd CONNECTIONS LOGFILE: nbd-client on /dev/nbd0 (netlink), sets DEV.
-start_nbd() {
-  local c=$1 logf=$2 i
-  if ! timeout 30 nbd-client -u "$SOCK" /dev/nbd0 -C "$c" -b 4096 >"$logf" 2>&1 </dev/null; then
-    log "nbd-client failed: $(tr '\n' ' ' < "$logf" | cut -c1-300)"
-    return 1
-  fi
-  NBD_DEV=/dev/nbd0
-  for ((i = 0; i < 100; i++)); do
-    [[ $(cat /sys/block/nbd0/size 2>/dev/null) -gt 0 ]] && break; sleep 0.1
-  done
-  DEV=/dev/nbd0
-}
-
-stop_nbd() {
-  timeout 30 nbd-client -d "$NBD_DEV" >&3 2>&1
-  NBD_DEV=""
-}
-
-# jobfile QUEUES: the fio job file of the workloads with that many queues.
-jobfile() {
-  local q=$1 name rw bs qd jobs wq
-  printf '[global]\nioengine=io_uring\ndirect=1\ntime_based=1\nruntime=%s\nramp_time=%s\n' "$RUNTIME" "$RAMP"
-  printf 'filename=%s\ngroup_reporting=1\nrandrepeat=0\nnorandommap=1\n' "$DEV"
-  while read -r name rw bs qd jobs wq; do
-    [[ -n $name && $wq == "$q" ]] || continue
-    printf '\n[%s]\nstonewall\nrw=%s\nbs=%s\niodepth=%s\nnumjobs=%s\n' "$name" "$rw" "$bs" "$qd" "$jobs"
-    if ((jobs == 1)); then printf 'cpus_allowed=%s\n' "$FIO_CPU"; else printf 'cpus_allowed=0-%s\n' "$((NCPU - 1))"; fi
-  done <<<"$WORKLOADS"
-}
-
-run_fio() {   # run_fio TARGET QUEUES ROUND
-  local t=$1 q=$2 r=$3 f=$OUT/runs/$1.q$2.r$3
-  jobfile "$q" > "$f.fio"
-  if ! timeout 600 fio --output-format=json --output="$f.json" "$f.fio" 2>"$f.fio.err"; then
-    log "fio on $t q$q round $r failed: $(tr '\n' ' ' < "$f.fio.err" | cut -c1-300)"
-    return 1
-  fi
-}
-
 one() {   # one TARGET QUEUES ROUND
-  local t=$1 q=$2 r=$3 err=$OUT/runs/$1.q$2.r$3.err
+  local t=$1 q=$2 r=$3 base=$OUT/runs/$1.q$2.r$3
   case $t in
-    aot) start_aot "$q" "$err" || return 1; run_fio "$t" "$q" "$r"; stop_aot ;;
-    nbd) start_nbd "$q" "$err" || return 1; run_fio "$t" "$q" "$r"; stop_nbd ;;
+    aot) start_aot "nbd+unix:///?socket=$SOCK" "$q" "$base.err" || return 1; run_fio "$base" "$q"; stop_aot ;;
+    nbd) start_nbd "$SOCK" "$q" "$base.err" || return 1; run_fio "$base" "$q"; stop_nbd ;;
   esac
   log "$t q$q round $r done"
 }
@@ -167,7 +95,7 @@ start_nbdkit || exit 1
 } > "$OUT/meta.env"
 
 # Fill the export once (through ublk-aot), so every read finds stored data.
-start_aot 1 "$OUT/fill.err" || exit 1
+start_aot "nbd+unix:///?socket=$SOCK" 1 "$OUT/fill.err" || exit 1
 log "filling the $SIZE export"
 fio --name=fill --filename="$DEV" --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=8 \
   --refill_buffers=1 --output="$OUT/fill.txt" >/dev/null 2>&1 || { log "fill failed"; exit 1; }

@@ -119,36 +119,50 @@ public sealed partial class Qcow2Image
     /// <summary>
     /// Zeroes [offset, offset+length): whole clusters by their L2 entries (the zero flag where a backing file would
     /// show through, unallocated where not; with <paramref name="keepAllocated"/> on v3 the cluster stays allocated
-    /// and reads as zero), the partial clusters at the ends by writing zeros. With <paramref name="discard"/> the
-    /// partial clusters are left alone and a version 2 image with a backing file keeps its data: discard is a hint.
+    /// and reads as zero), the partial clusters at the ends by writing zeros where they do not read as zeros already.
+    /// A <paramref name="discard"/> does the same except that it never keeps a cluster allocated, so a discarded range
+    /// reads as zeros afterwards like a hole punched in a raw file; on a version 2 image with a backing file (no zero
+    /// flag: zeros would have to be written over every cluster) a discard is dropped, as the block layer allows.
     /// </summary>
     public void Zero(ulong offset, ulong length, bool discard, bool keepAllocated, bool fua)
     {
         RequireWritable();
         if (offset > Header.Size || length > Header.Size - offset) throw new Qcow2Exception("qcow2: zeroing beyond the virtual size", Errno.EINVAL);
+        if (discard && Header.Version == 2 && HasBacking) return;
         ulong cs = (ulong)Header.ClusterSize, end = offset + length;
         ulong first = (offset + cs - 1) & ~(cs - 1), last = end & ~(cs - 1);
         if (first >= last)
         {
-            // No whole cluster: only zeros written will do (a discard of less than a cluster is dropped).
-            if (!discard) WriteZeros(offset, length, fua);
+            WriteZerosUnlessZero(offset, length, fua); // no whole cluster
             return;
         }
-        if (!discard)
-        {
-            if (offset < first) WriteZeros(offset, first - offset, fua);
-            if (last < end) WriteZeros(last, end - last, fua);
-        }
+        if (offset < first) WriteZerosUnlessZero(offset, first - offset, fua);
+        if (last < end) WriteZerosUnlessZero(last, end - last, fua);
         if (Header.Version == 2 && HasBacking)
         {
             // No zero flag in version 2: unallocating would show the backing file.
-            if (!discard) WriteZeros(first, last - first, fua);
+            WriteZeros(first, last - first, fua);
             return;
         }
         _pendingCount = _freedCount = 0;
         long before = ClustersAllocated;
-        for (ulong c = first; c < last; c += cs) ZeroCluster(c, keepAllocated);
+        for (ulong c = first; c < last; c += cs) ZeroCluster(c, keepAllocated && !discard);
         Commit(ClustersAllocated != before, fua);
+    }
+
+    /// <summary>Part of a cluster: zeros written unless it reads as zeros already (so zeroing a hole allocates nothing).</summary>
+    private void WriteZerosUnlessZero(ulong offset, ulong length, bool fua)
+    {
+        for (ulong pos = 0; pos < length;)
+        {
+            Qcow2Mapping m = Map(offset + pos);
+            if (m.Kind != Qcow2Kind.Zero && (m.Kind != Qcow2Kind.Unallocated || HasBacking))
+            {
+                WriteZeros(offset, length, fua);
+                return;
+            }
+            pos += m.Length;
+        }
     }
 
     private void WriteZeros(ulong offset, ulong length, bool fua)
