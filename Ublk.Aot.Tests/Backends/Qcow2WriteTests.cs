@@ -162,6 +162,48 @@ public sealed class Qcow2WriteTests : IDisposable
         AssertEqualsModel(img, model);
     }
 
+    /// <summary>
+    /// 512-byte clusters make a one-cluster refcount table cover little (64 entries: 2 MiB of file with 64-bit
+    /// refcounts, 8 MiB with 16-bit ones), so filling a 12 MiB image outgrows it (with 64-bit refcounts three times:
+    /// 64 → 128 → 256 → 512 entries): the table moves to a larger one at the end of the file, qemu-img check stays
+    /// clean (no leak: the old table's clusters are freed) and reads back the model; reopened, the image is found
+    /// through the moved table and takes more writes.
+    /// </summary>
+    [Theory]
+    [InlineData("compat=1.1,cluster_size=512,refcount_bits=64")]
+    [InlineData("compat=1.1,cluster_size=512")]
+    [InlineData("compat=0.10,cluster_size=512")]
+    public void A_refcount_table_the_image_outgrows_moves_to_a_larger_one(string options)
+    {
+        RequireQemu();
+        const int size = 12 << 20;
+        string img = P("r.qcow2");
+        Sh("qemu-img create -q -f qcow2 -o " + options + " " + img + " " + size);
+        byte[] model = new byte[size];
+        var rng = new Random(options.Length);
+        int growths;
+        using (Qcow2Image q = Qcow2Image.Open(img, writable: true, l2CacheBytes: 16 << 10))
+        {
+            byte[] data = new byte[256 << 10];
+            for (int at = 0; at < size; at += data.Length)
+            {
+                rng.NextBytes(data);
+                q.Write((ulong)at, data, fua: false);
+                data.CopyTo(model, at);
+            }
+            growths = q.RefcountTableGrowths;
+        }
+        Assert.True(growths >= (options.Contains("refcount_bits=64") ? 3 : 1), "the refcount table grew " + growths + " time(s)");
+        AssertClean(img);
+        AssertEqualsModel(img, model);
+        using (Qcow2Image q = Qcow2Image.Open(img, writable: true, l2CacheBytes: 16 << 10))
+        {
+            Churn(q, model, seed: 11, ops: 300);
+        }
+        AssertClean(img);
+        AssertEqualsModel(img, model);
+    }
+
     [Fact]
     public void Images_that_cannot_be_written_safely_are_refused_for_writing_and_served_read_only()
     {

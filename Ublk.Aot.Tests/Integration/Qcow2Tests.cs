@@ -128,13 +128,19 @@ public sealed class Qcow2Tests(ITestOutputHelper output) : IDisposable
     /// clusters and new L2 tables all happen) through the page cache and fsyncs every 8 writes, noting what was
     /// durable; the server is killed with SIGKILL in the middle. Then: the dead device deleted, `qemu-img check`
     /// reports no corruption (leaks allowed), and qemu-img convert shows every write that was fsynced. Three rounds
-    /// on the same image, each reopening what the last kill left.
+    /// on the same image, each reopening what the last kill left. With 512-byte clusters and 64-bit refcounts the
+    /// one-cluster refcount table covers 2 MiB of file, so the table moves to a larger one again and again while
+    /// the writer runs, and the kills land among those moves.
     /// </summary>
-    [Fact]
-    public void Sigkill_mid_write_repeated_leaves_no_corruption_and_every_flushed_write()
+    [Theory]
+    [InlineData("cluster_size=65536")]
+    [InlineData("cluster_size=512,refcount_bits=64")]
+    public void Sigkill_mid_write_repeated_leaves_no_corruption_and_every_flushed_write(string options)
     {
         string img = P("kill.qcow2");
-        Sh("qemu-img create -q -f qcow2 -o cluster_size=65536 " + img + " 256M");
+        File.Delete(img);
+        Sh("qemu-img create -q -f qcow2 -o " + options + " " + img + " 256M");
+        ulong refTableAt = RefcountTableOffset(img);
         const int Slot = 128 << 10, SlotsPerRound = 512; // 64 MiB a round
         for (int round = 0; round < 3; round++)
         {
@@ -214,6 +220,20 @@ public sealed class Qcow2Tests(ITestOutputHelper output) : IDisposable
         }
         AssertNoDevices();
         Check(img, leaksAllowed: true);
+        if (options.Contains("cluster_size=512"))
+            Assert.True(RefcountTableOffset(img) != refTableAt, "the refcount table never moved: the 512-byte row did not exercise its growth");
+    }
+
+    /// <summary>The header's refcount_table_offset (big-endian, bytes 48..55).</summary>
+    private static ulong RefcountTableOffset(string image)
+    {
+        byte[] h = new byte[8];
+        using (var f = new FileStream(image, FileMode.Open, FileAccess.Read, FileShare.ReadWrite))
+        {
+            f.Position = 48;
+            f.ReadExactly(h);
+        }
+        return System.Buffers.Binary.BinaryPrimitives.ReadUInt64BigEndian(h);
     }
 
     private static byte[] Pattern(int seed, int length)

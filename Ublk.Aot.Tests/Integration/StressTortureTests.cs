@@ -52,21 +52,8 @@ public sealed class StressTortureTests(ITestOutputHelper output)
 
         using (ServerProcess s = ServerProcess.Start("--backend " + spec + " --queues 4 --depth 64 --max-io 256K --block-size " + blockSize + " --io-mode " + mode + " --stats"))
         {
-            var ws = new StressWorker[workers];
-            for (int i = 0; i < workers; i++)
-            {
-                ws[i] = new StressWorker(i, s.DevicePath, i * (size / workers), size / workers, workload, seed + i);
-                ws[i].Start();
-            }
-            StressThreads.AssertAllEnd(Array.ConvertAll(ws, w => w.Thread), duration + TimeSpan.FromMinutes(5), s.DevicePath + ": torture workers", s.Pid);
-            foreach (StressWorker w in ws) output.WriteLine(w.Summary);
-            foreach (StressWorker w in ws) Assert.True(w.Failure == null, w.Failure);
-            foreach (StressWorker w in ws) Assert.True(w.Writes > 0 && w.Reads > 0 && w.Verifies > 0, "a worker did no real work: " + w.Summary);
-
-            int code = s.Stop();
-            Assert.True(code == 0, "serve exit " + code + "\n" + s.Stderr);
-            output.WriteLine(s.Stderr);
-            Assert.True(s.StatSum("errors") == 0, "the server counted failed requests:\n" + s.Stderr);
+            StressWorker[] ws = RunToEnd(s, workers, size, workload, seed, _ => null);
+            StopCleanly(s);
             Assert.True(s.Stderr.Contains("stats io_mode=" + mode), "the server did not serve in " + mode + ":\n" + s.Stderr);
             Assert.True(s.StatSum("flushes") > 0 || kind == "mem", "no FLUSH reached the file backend:\n" + s.Stderr);
             Assert.True(s.StatSum("discards") > 0 && s.StatSum("write_zeroes") > 0, "discards/zero-outs did not reach the server:\n" + s.Stderr);
@@ -184,26 +171,22 @@ public sealed class StressTortureTests(ITestOutputHelper output)
             Duration = duration,
             VerifyEvery = TimeSpan.FromSeconds(Math.Max(4, duration.TotalSeconds / 3)),
         };
-        var ws = new StressWorker[workers];
+        StressWorker[] ws;
         using (ServerProcess s = ServerProcess.Start("--backend qcow2:" + img + " --queues 1 --depth 64 --max-io 256K --block-size " + blockSize + " --stats"))
         {
-            for (int i = 0; i < workers; i++)
+            ws = RunToEnd(s, workers, size, workload, seed, start =>
             {
-                long start = i * (size / workers);
                 byte[] initial = new byte[size / workers];
                 if (backing && start < filled) initial.AsSpan(0, (int)Math.Min(initial.Length, filled - start)).Fill(0x5a);
-                ws[i] = new StressWorker(i, s.DevicePath, start, size / workers, workload, seed + i, initial);
-                ws[i].Start();
-            }
-            StressThreads.AssertAllEnd(Array.ConvertAll(ws, w => w.Thread), duration + TimeSpan.FromMinutes(5), s.DevicePath + ": qcow2 torture workers", s.Pid);
-            foreach (StressWorker w in ws) output.WriteLine(w.Summary);
-            foreach (StressWorker w in ws) Assert.True(w.Failure == null, w.Failure);
-            foreach (StressWorker w in ws) Assert.True(w.Writes > 0 && w.Reads > 0 && w.Verifies > 0, "a worker did no real work: " + w.Summary);
-            int code = s.Stop();
-            Assert.True(code == 0, "serve exit " + code + "\n" + s.Stderr);
-            output.WriteLine(s.Stderr);
-            Assert.True(s.StatSum("errors") == 0, "the server counted failed requests:\n" + s.Stderr);
+                return initial;
+            });
+            StopCleanly(s);
             Assert.True(s.StatSum("flushes") > 0 && s.StatSum("discards") > 0 && s.StatSum("write_zeroes") > 0, "flush/discard/zero-out did not reach the server:\n" + s.Stderr);
+            // Metadata memory is amortised, not per request: L2 cache slots and grow-once lists, allocated on first
+            // use (a 128M image needs at most 64 L2 tables of 4 KiB, or one of 64/128 KiB).
+            long requests = s.StatSum("reads") + s.StatSum("writes"), allocated = s.StatSum("alloc_bytes");
+            output.WriteLine("queue thread: " + allocated + " bytes allocated over " + requests + " reads and writes");
+            Assert.True(requests >= 1000 && allocated <= 1 << 20, "the qcow2 queue thread allocated " + allocated + " bytes over " + requests + " requests (bound 1 MiB, at least 1000 requests):\n" + s.Stderr);
         }
         AssertNoDevices();
         Result check = Sh("qemu-img check " + img, check: false);
@@ -213,6 +196,36 @@ public sealed class StressTortureTests(ITestOutputHelper output)
         Sh("qemu-img convert -O raw " + img + " " + raw);
         AssertEqualsShadows(raw, ws, "qemu-img convert after the torture, seed " + seed, raw);
         Directory.Delete(dir, true);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="workers"/> workers on equal regions of the device until the workload's duration ends;
+    /// each must end without a failure and have written, read and verified. <paramref name="initial"/>: what a
+    /// region starting at the given offset holds before (null: zeros).
+    /// </summary>
+    private StressWorker[] RunToEnd(ServerProcess s, int workers, long size, StressWorkload workload, int seed, Func<long, byte[]?> initial)
+    {
+        var ws = new StressWorker[workers];
+        for (int i = 0; i < workers; i++)
+        {
+            long start = i * (size / workers);
+            ws[i] = new StressWorker(i, s.DevicePath, start, size / workers, workload, seed + i, initial(start));
+            ws[i].Start();
+        }
+        StressThreads.AssertAllEnd(Array.ConvertAll(ws, w => w.Thread), workload.Duration + TimeSpan.FromMinutes(5), s.DevicePath + ": torture workers", s.Pid);
+        foreach (StressWorker w in ws) output.WriteLine(w.Summary);
+        foreach (StressWorker w in ws) Assert.True(w.Failure == null, w.Failure);
+        foreach (StressWorker w in ws) Assert.True(w.Writes > 0 && w.Reads > 0 && w.Verifies > 0, "a worker did no real work: " + w.Summary);
+        return ws;
+    }
+
+    /// <summary>SIGTERM: exit 0 and no failed request counted.</summary>
+    private void StopCleanly(ServerProcess s)
+    {
+        int code = s.Stop();
+        Assert.True(code == 0, "serve exit " + code + "\n" + s.Stderr);
+        output.WriteLine(s.Stderr);
+        Assert.True(s.StatSum("errors") == 0, "the server counted failed requests:\n" + s.Stderr);
     }
 
     /// <summary>A file that maps device offsets 1:1 (a raw backing file, qemu-img's raw output) must hold every worker's shadow.</summary>

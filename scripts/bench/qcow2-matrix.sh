@@ -9,14 +9,16 @@
 #
 # Targets: q2 = ublk-aot --backend qcow2:disk.qcow2 (1 queue, its limit);
 # qn = qemu-nbd -f qcow2 disk.qcow2 over a unix socket + nbd-client (1
-# connection); raw = ublk-aot --backend file:disk.raw (1 queue), disk.raw
-# being `qemu-img convert -O raw` of disk.qcow2.  disk.qcow2 (v3, 64 KiB
+# connection); raw = ublk-aot --backend file:disk.raw,direct=off (1 queue),
+# disk.raw being `qemu-img convert -O raw` of disk.qcow2.  disk.qcow2 (v3, 64 KiB
 # clusters, made by qemu-img create) is filled in full through ublk-aot
 # first, so the allocated-image rows measure I/O to allocated clusters.  The
 # "allocating" row runs 4k random writes on a fresh, empty image per target
 # and round (qemu-img create for q2 and qn; a new sparse file for raw).
-# Images live on tmpfs (/dev/shm): every target does buffered I/O (tmpfs has
-# no O_DIRECT), so a flush costs little and the rows measure the servers.
+# Images live on tmpfs (/dev/shm) and every target does buffered I/O (the
+# qcow2 backend always, qemu-nbd by its default cache=writeback, the file
+# backend by direct=off: tmpfs takes O_DIRECT since Linux 6.6, but through a
+# slower path), so a flush costs little and the rows measure the servers.
 # Rounds alternate the order of the targets.  One fio process per device.
 #
 # Writes OUTDIR/meta.env, OUTDIR/runs/T.q1.rN.json (+ .alloc.json), .err,
@@ -92,7 +94,7 @@ stop_qemu_nbd() {
 serve() {
   case $1 in
     q2) start_aot "qcow2:$2" 1 "$3" ;;
-    raw) start_aot "file:$2" 1 "$3" ;;
+    raw) start_aot "file:$2,direct=off" 1 "$3" ;;
     qn) start_qemu_nbd "$2" "$3.qemu-nbd" && start_nbd "$SOCK" 1 "$3" ;;
   esac
 }
@@ -138,7 +140,7 @@ qemu-img convert -O raw "$IMG" "$RAW" || { log "qemu-img convert failed"; exit 1
   echo "fio=$(fio --version)"
   echo "qemu=$(qemu-nbd --version | head -n1)"
   echo "nbd_client=nbd-client $(nbd-client -V 2>&1 | grep -o '[0-9][0-9.]*' | head -n1)"
-  echo "export=a $SIZE qcow2 v3 image, 64 KiB clusters, on tmpfs, filled through ublk-aot (the raw target: its qemu-img convert)"
+  echo "export=a $SIZE qcow2 v3 image, 64 KiB clusters, on tmpfs, filled through ublk-aot (the raw target: its qemu-img convert, file:...,direct=off); buffered I/O in all three"
   echo "rounds=$ROUNDS, fio ramp $RAMP s + $RUNTIME s, depth $DEPTH, 1 queue / 1 connection"
   echo "targets=q2:ublk-aot qcow2|qn:qemu-nbd + kernel nbd|raw:ublk-aot file (raw)"
   echo "workloads=rr4k-qd1:4k random read, QD1|rr4k-qd32:4k random read, QD32|rw4k-qd32:4k random write, QD32|sr128k-qd16:128k sequential read, QD16|sw128k-qd16:128k sequential write, QD16|rw4k-qd32-new:4k random write, QD32, fresh image (allocating)"

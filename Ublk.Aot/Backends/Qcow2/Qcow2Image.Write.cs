@@ -30,9 +30,11 @@ public sealed partial class Qcow2Image
     private const ulong AllAllocated = 0x0000_0000_ffff_ffff, AllZero = 0xffff_ffff_0000_0000;
 
     private ulong[] _refTable = [];
+    private ulong _refTableOffset; // where _refTable lives now (Header has it as opened; growing moves it)
     private ulong _refPerBlock;
     private int _refBytes;
     private ulong _nextFree; // a cluster index: allocation looks here first
+    private ulong _fileEnd;  // the image file's length (every write and extension goes through WriteAt/Extend)
     private byte[] _cow = [];
     private byte[] _refBlock = [];
     private byte[] _zeros = [];
@@ -72,11 +74,13 @@ public sealed partial class Qcow2Image
         _refTable = new ulong[entries];
         byte[] raw = new byte[entries * 8];
         ReadExactly(h.RefcountTableOffset, raw, "the refcount table");
+        _refTableOffset = h.RefcountTableOffset;
         for (int i = 0; i < _refTable.Length; i++) _refTable[i] = BinaryPrimitives.ReadUInt64BigEndian(raw.AsSpan(i * 8)) & OffsetMask;
         _cow = new byte[h.ClusterSize];
         _refBlock = new byte[h.ClusterSize];
         _zeros = new byte[h.ClusterSize];
         ulong length = (ulong)RandomAccess.GetLength(_fd);
+        _fileEnd = length;
         _nextFree = (length + (ulong)h.ClusterSize - 1) >> h.ClusterBits;
         // Autoclear bits are cleared by any writer that does not keep what they promise (qcow2.txt, "autoclear_features"):
         // we keep none (bitmaps, the raw external data flag), so all of them go before the first write.
@@ -153,16 +157,19 @@ public sealed partial class Qcow2Image
     /// <summary>Part of a cluster: zeros written unless it reads as zeros already (so zeroing a hole allocates nothing).</summary>
     private void WriteZerosUnlessZero(ulong offset, ulong length, bool fua)
     {
+        if (!ReadsAsZero(offset, length)) WriteZeros(offset, length, fua);
+    }
+
+    /// <summary>True if every byte of the guest range reads as zero by its mapping (zero flags, or unallocated with no backing file).</summary>
+    private bool ReadsAsZero(ulong offset, ulong length)
+    {
         for (ulong pos = 0; pos < length;)
         {
             Qcow2Mapping m = Map(offset + pos);
-            if (m.Kind != Qcow2Kind.Zero && (m.Kind != Qcow2Kind.Unallocated || HasBacking))
-            {
-                WriteZeros(offset, length, fua);
-                return;
-            }
+            if (m.Kind != Qcow2Kind.Zero && (m.Kind != Qcow2Kind.Unallocated || HasBacking)) return false;
             pos += m.Length;
         }
+        return true;
     }
 
     private void WriteZeros(ulong offset, ulong length, bool fua)
@@ -228,6 +235,13 @@ public sealed partial class Qcow2Image
         // Copy-on-write: the cluster's current contents around the new data, into a cluster the image owns.
         ulong target = owned ? host : AllocateCluster();
         if (data.Length == h.ClusterSize) WriteAt(target, data);
+        else if (!owned && target >= _fileEnd && ReadsAsZero(clusterStart, (ulong)h.ClusterSize))
+        {
+            // A new cluster past the end of the file over what reads as zeros: the file's hole is the copy. Only the
+            // new bytes are written, and the file is extended over the rest (made durable by Commit's fdatasync).
+            WriteAt(target + (ulong)inCluster, data);
+            Extend(target + (ulong)h.ClusterSize);
+        }
         else
         {
             Span<byte> c = _cow;
@@ -401,8 +415,7 @@ public sealed partial class Qcow2Image
     private void SetRefcount(ulong cluster, ulong value)
     {
         ulong t = cluster / _refPerBlock;
-        if (t >= (ulong)_refTable.Length)
-            throw new Qcow2Exception("qcow2: " + Path + ": the refcount table is full (growing it is not supported): the image cannot grow further", Errno.ENOSPC);
+        if (t >= (ulong)_refTable.Length) GrowRefcountTable(t);
         if (_refTable[t] == 0) NewRefcountBlock(t);
         Span<byte> b = stackalloc byte[8];
         PutRef(b[.._refBytes], value);
@@ -426,10 +439,78 @@ public sealed partial class Qcow2Image
         Sync();
         Span<byte> e = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64BigEndian(e, b << Header.ClusterBits);
-        WriteAt(Header.RefcountTableOffset + t * 8, e);
+        WriteAt(_refTableOffset + t * 8, e);
         _refTable[t] = b << Header.ClusterBits;
         ClustersAllocated++;
     }
+
+    /// <summary>
+    /// A larger refcount table, one that has entry <paramref name="t"/> (the table covers too little of the file: a
+    /// cluster past what it covers needs a refcount). The new table and the refcount blocks it needs go at the end of
+    /// the file, past everything the old table covers, as one run of clusters: [table][blocks], each block holding
+    /// refcount 1 for the clusters of that run it covers. Then, in this order: blocks and table written, fdatasync,
+    /// the header's refcount_table_offset and refcount_table_clusters (one 12-byte write in the first sector),
+    /// fdatasync, and only then the old table's clusters dropped to refcount 0. A crash before the header write
+    /// leaves clusters nothing covers or references; after it, at worst the old table leaked.
+    /// </summary>
+    private void GrowRefcountTable(ulong t)
+    {
+        Qcow2Header h = Header;
+        ulong cs = (ulong)h.ClusterSize;
+        ulong oldEntries = (ulong)_refTable.Length;
+        ulong start = Math.Max(_nextFree, oldEntries * _refPerBlock); // nothing there has a refcount
+        ulong entries = Math.Max(oldEntries * 2, t + 1), tableClusters, blocks;
+        // The run's length depends on how many blocks cover it, which depends on its length: iterate to a fixed point.
+        for (blocks = 0; ; )
+        {
+            tableClusters = (entries * 8 + cs - 1) / cs;
+            ulong end = start + tableClusters + blocks;
+            ulong firstBlock = start / _refPerBlock, lastBlock = (end - 1) / _refPerBlock;
+            ulong need = lastBlock - firstBlock + 1 + (t < firstBlock || t > lastBlock ? 1UL : 0);
+            if (lastBlock >= entries) { entries = lastBlock + 1; continue; }
+            if (need == blocks) break;
+            blocks = need;
+        }
+        if (entries > (32u << 20)) throw new Qcow2Exception("qcow2: " + Path + ": a refcount table of " + entries + " entries is too large: the image cannot grow further", Errno.ENOSPC);
+        ulong runEnd = start + tableClusters + blocks;
+        var table = new ulong[entries];
+        Array.Copy(_refTable, table, _refTable.Length);
+        ulong next = start + tableClusters;
+        for (ulong b = start / _refPerBlock; b <= (runEnd - 1) / _refPerBlock; b++) PlaceBlock(table, b, ref next, start, runEnd);
+        if (table[t] == 0) PlaceBlock(table, t, ref next, start, runEnd);
+        if (next != runEnd) throw new InvalidOperationException("refcount table growth: the run is " + (runEnd - start) + " clusters, " + (next - start) + " placed");
+
+        byte[] raw = new byte[tableClusters * cs];
+        for (ulong i = 0; i < entries; i++) BinaryPrimitives.WriteUInt64BigEndian(raw.AsSpan((int)(i * 8)), table[i]);
+        WriteAt(start * cs, raw);
+        Sync();
+        Span<byte> header = stackalloc byte[12];
+        BinaryPrimitives.WriteUInt64BigEndian(header, start * cs);
+        BinaryPrimitives.WriteUInt32BigEndian(header[8..], (uint)tableClusters);
+        WriteAt(48, header); // refcount_table_offset, refcount_table_clusters
+        Sync();
+        ulong oldOffset = _refTableOffset, oldClusters = (oldEntries * 8 + cs - 1) / cs;
+        _refTable = table;
+        _refTableOffset = start * cs;
+        _nextFree = runEnd;
+        ClustersAllocated += (long)(runEnd - start);
+        RefcountTableGrowths++;
+        for (ulong c = oldOffset / cs; c < oldOffset / cs + oldClusters; c++) SetRefcount(c, 0);
+    }
+
+    /// <summary>Refcount block <paramref name="b"/> at cluster <paramref name="next"/> of the growth run [start, runEnd), written with refcount 1 for the run's clusters it covers.</summary>
+    private void PlaceBlock(ulong[] table, ulong b, ref ulong next, ulong start, ulong runEnd)
+    {
+        ulong at = next++;
+        Array.Clear(_refBlock);
+        ulong from = Math.Max(start, b * _refPerBlock), to = Math.Min(runEnd, (b + 1) * _refPerBlock);
+        for (ulong c = from; c < to; c++) PutRef(_refBlock.AsSpan((int)(c - b * _refPerBlock) * _refBytes, _refBytes), 1);
+        WriteAt(at << Header.ClusterBits, _refBlock);
+        table[b] = at << Header.ClusterBits;
+    }
+
+    /// <summary>How often the refcount table was moved to a larger one since the image was opened.</summary>
+    public int RefcountTableGrowths { get; private set; }
 
     private static ulong RefValue(ReadOnlySpan<byte> b) => b.Length switch
     {
@@ -465,7 +546,19 @@ public sealed partial class Qcow2Image
         _freed[_freedCount++] = f;
     }
 
-    private void WriteAt(ulong offset, ReadOnlySpan<byte> data) => RandomAccess.Write(_fd, data, (long)offset);
+    private void WriteAt(ulong offset, ReadOnlySpan<byte> data)
+    {
+        RandomAccess.Write(_fd, data, (long)offset);
+        _fileEnd = Math.Max(_fileEnd, offset + (ulong)data.Length);
+    }
+
+    /// <summary>Makes the file at least <paramref name="length"/> bytes long; what it grows by reads as zeros.</summary>
+    private void Extend(ulong length)
+    {
+        if (length <= _fileEnd) return;
+        RandomAccess.SetLength(_fd, (long)length);
+        _fileEnd = length;
+    }
 
     /// <summary>fdatasync of the image: what was written before it is durable.</summary>
     public void Sync()
