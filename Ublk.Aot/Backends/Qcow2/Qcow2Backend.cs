@@ -16,8 +16,9 @@ namespace Ublk.Aot.Backends;
 /// <see cref="MaxPieces"/> per request), zero pieces are cleared, and what lives in the backing chain or a
 /// compressed cluster is read synchronously. A WRITE whose every cluster the image already owns becomes WRITE SQEs
 /// (FUA: RWF_DSYNC); one that must allocate (a new cluster, copy-on-write, a zero-flagged cluster) is done
-/// synchronously by <see cref="Qcow2Image.Write"/> in its crash-safe order. FLUSH is an fdatasync SQE; DISCARD and
-/// WRITE_ZEROES change L2 entries synchronously.
+/// synchronously by <see cref="Qcow2Image.Write"/> in its crash-safe order, its L2 entry written back later. FLUSH
+/// is that write-back (<see cref="Qcow2Image.WriteBack"/>) when metadata changed since the last one, else an
+/// fdatasync SQE; DISCARD and WRITE_ZEROES change L2 entries synchronously.
 /// </summary>
 public struct Qcow2Backend(Qcow2Image image) : IBackend
 {
@@ -68,6 +69,12 @@ public struct Qcow2Backend(Qcow2Image image) : IBackend
                 case UBLK_IO_OP_WRITE: return SubmitWrite(queue, tag, offset, length, (iod.op_flags & UBLK_IO_F_FUA) != 0);
                 case UBLK_IO_OP_FLUSH:
                 {
+                    // Metadata changed since the last FLUSH: its ordered write-back (two fdatasyncs) right here.
+                    if (_image.HasUnwrittenMetadata)
+                    {
+                        _image.WriteBack();
+                        return 0;
+                    }
                     ref io_uring_sqe sqe = ref queue.GetTargetSqe(tag, SubFsync);
                     IoUring.PrepFsync(ref sqe, ImageSlot, IORING_FSYNC_DATASYNC);
                     sqe.flags = IOSQE_FIXED_FILE;
@@ -135,6 +142,8 @@ public struct Qcow2Backend(Qcow2Image image) : IBackend
 
     private int SubmitWrite(UblkQueue queue, ushort tag, ulong offset, uint length, bool fua)
     {
+        // A FUA write is durable only with the entries that point at its clusters: those may still be in memory.
+        if (fua && _image.HasUnwrittenMetadata) return WriteSync(queue, tag, offset, length, fua);
         int first = tag * MaxPieces, n = 0;
         uint pos = 0;
         while (pos < length)

@@ -10,20 +10,24 @@ public sealed class Qcow2Exception(string message, int errno = Errno.EIO) : Ublk
 
 /// <summary>
 /// The write side of <see cref="Qcow2Image"/>: cluster allocation, copy-on-write, refcounts, discard and zeroing,
-/// ordered so that a crash at any instant leaves at worst leaked clusters (docs/qcow2-design.md, "Crash safety"):
+/// ordered so that a crash at any instant leaves at worst leaked clusters (docs/qcow2-design.md, "Crash safety").
+/// Metadata is written back, as a disk with a volatile cache does, not through:
 /// <list type="number">
-/// <item>a new cluster's refcount (and a new refcount block, made durable before the table entry that points at it),
-/// its data (the whole cluster, the old contents copied in around a partial write) and a new L2 table (zeros) are
-/// written; then one fdatasync;</item>
-/// <item>the L1 entries of new tables and the L2 entries, each one aligned write of 8 (16: extended L2) bytes
-/// inside one sector;</item>
-/// <item>only if an entry stopped pointing at a cluster (copy-on-write of a compressed or shared cluster, discard):
-/// fdatasync, then the old cluster's refcount drops.</item>
+/// <item>a write that allocates takes a cluster (its refcount written now; a new refcount block is written and made
+/// durable before the table entry that points at it), writes its data (the whole cluster, the old contents copied
+/// in around a partial write, or only the new bytes where the cluster is past the end of the file over zeros) and,
+/// for a new L2 table, zeros; then it changes the L2 entry (and L1 entry) in memory only: the cached table is
+/// dirty, and what the entry stopped pointing at is remembered;</item>
+/// <item><see cref="WriteBack"/> — on FLUSH, FUA, when half the L2 cache is dirty, when a dirty table would be
+/// evicted, and when the image is closed — makes it durable: fdatasync (data, refcounts, new tables), the dirty L2
+/// tables written whole and the new L1 entries (each entry lies inside one sector), fdatasync, and only then the
+/// refcounts of what was let go drop (compressed clusters: every host cluster they touch).</item>
 /// </list>
-/// A write into a cluster the image already owns (COPIED, and for extended L2 every touched subcluster allocated)
-/// touches no metadata at all. Free clusters are never reused within one open image: a cluster read by a request
-/// still in flight cannot become another one's data. Clusters are taken from the end of the file (the first one
-/// whose refcount is 0), so the image grows as it fills.
+/// So one fdatasync pair serves every allocating write between two flushes, and a crash loses only writes that no
+/// flush covered. A write into a cluster the image already owns (COPIED, and for extended L2 every touched subcluster
+/// allocated) touches no metadata at all. Free clusters are never reused within one open image: a cluster read by a
+/// request still in flight cannot become another one's data. Clusters are taken from the end of the file (the first
+/// one whose refcount is 0), so the image grows as it fills.
 /// </summary>
 public sealed partial class Qcow2Image
 {
@@ -39,20 +43,15 @@ public sealed partial class Qcow2Image
     private byte[] _refBlock = [];
     private byte[] _zeros = [];
 
-    // What one Write/Zero call does after its fdatasync. Grown once to the largest call, then reused.
-    private Pending[] _pending = new Pending[8];
-    private int _pendingCount;
+    // What WriteBack has to write: dirty cache slots (the reader's cache, by slot), new L1 entries, and what the
+    // changed entries let go of. Grown once to the largest need, then reused.
+    private bool[] _dirty = [];
+    private int _dirtyCount;
+    private ulong[] _dirtyL1 = new ulong[8];
+    private int _dirtyL1Count;
     private Freed[] _freed = new Freed[8];
     private int _freedCount;
-
-    private struct Pending
-    {
-        public ulong L1Index; // with NewTable: the L1 entry to point at Table
-        public bool NewTable;
-        public ulong Table;
-        public int L2Index;
-        public ulong Entry, Bitmap;
-    }
+    private byte[] _l2Out = [];
 
     private readonly record struct Freed(ulong Host, uint CompressedBytes);
 
@@ -79,6 +78,8 @@ public sealed partial class Qcow2Image
         _cow = new byte[h.ClusterSize];
         _refBlock = new byte[h.ClusterSize];
         _zeros = new byte[h.ClusterSize];
+        _l2Out = new byte[h.ClusterSize];
+        _dirty = new bool[_cacheTables.Length];
         ulong length = (ulong)RandomAccess.GetLength(_fd);
         _fileEnd = length;
         _nextFree = (length + (ulong)h.ClusterSize - 1) >> h.ClusterBits;
@@ -106,8 +107,6 @@ public sealed partial class Qcow2Image
     {
         RequireWritable();
         if (offset > Header.Size || (ulong)data.Length > Header.Size - offset) throw new Qcow2Exception("qcow2: write beyond the virtual size", Errno.EINVAL);
-        _pendingCount = _freedCount = 0;
-        long before = ClustersAllocated;
         int cs = Header.ClusterSize;
         while (data.Length > 0)
         {
@@ -117,7 +116,7 @@ public sealed partial class Qcow2Image
             offset += (ulong)n;
             data = data[n..];
         }
-        Commit(ClustersAllocated != before, fua);
+        Commit(fua);
     }
 
     /// <summary>
@@ -148,10 +147,8 @@ public sealed partial class Qcow2Image
             WriteZeros(first, last - first, fua);
             return;
         }
-        _pendingCount = _freedCount = 0;
-        long before = ClustersAllocated;
         for (ulong c = first; c < last; c += cs) ZeroCluster(c, keepAllocated && !discard);
-        Commit(ClustersAllocated != before, fua);
+        Commit(fua);
     }
 
     /// <summary>Part of a cluster: zeros written unless it reads as zeros already (so zeroing a hole allocates nothing).</summary>
@@ -183,30 +180,65 @@ public sealed partial class Qcow2Image
         }
     }
 
-    /// <summary>Makes the current durable: see the class summary for the order.</summary>
-    private void Commit(bool allocated, bool fua)
+    /// <summary>
+    /// The end of a Write or Zero call: durable now if <paramref name="fua"/>, or if the unwritten metadata has grown
+    /// large: lists of thousands, or half a cache that cannot hold every table (so that a new table rarely has to
+    /// evict a dirty one; a cache with a slot per L1 entry never evicts).
+    /// </summary>
+    private void Commit(bool fua)
     {
-        if (allocated) Sync();
-        Span<byte> e = stackalloc byte[8];
-        for (int i = 0; i < _pendingCount; i++)
+        bool crowded = _dirty.Length < _l1.Length && _dirtyCount > _dirty.Length / 2;
+        if (fua || crowded || _dirtyL1Count > 4096 || _freedCount > 4096) WriteBack();
+    }
+
+    /// <summary>True while some L1/L2 change or refcount drop is only in memory: a FLUSH must call <see cref="WriteBack"/>.</summary>
+    public bool HasUnwrittenMetadata => _dirtyCount > 0 || _dirtyL1Count > 0 || _freedCount > 0;
+
+    /// <summary>fdatasyncs of the image since it was opened (each <see cref="WriteBack"/> does one or two).</summary>
+    public long Syncs { get; private set; }
+
+    /// <summary>
+    /// Makes everything written so far durable, metadata too (see the class summary for the order): what a FLUSH
+    /// does. Throws <see cref="Qcow2Exception"/> or IOException; what was not written stays dirty.
+    /// </summary>
+    public void WriteBack()
+    {
+        Sync();
+        if (_dirtyCount > 0 || _dirtyL1Count > 0)
         {
-            ref Pending p = ref _pending[i];
-            if (p.NewTable)
+            for (int slot = 0; slot < _dirty.Length; slot++)
             {
-                BinaryPrimitives.WriteUInt64BigEndian(e, p.Table | Copied);
-                WriteAt(Header.L1TableOffset + p.L1Index * 8, e);
-                _l1[p.L1Index] = p.Table | Copied;
-                continue;
+                if (!_dirty[slot]) continue;
+                ulong[] t = _cacheTables[slot];
+                for (int i = 0; i < t.Length; i++) BinaryPrimitives.WriteUInt64BigEndian(_l2Out.AsSpan(i * 8), t[i]);
+                WriteAt(_cacheKey[slot], _l2Out);
+                _dirty[slot] = false;
+                _dirtyCount--;
             }
-            SetL2(p.Table, p.L2Index, p.Entry, p.Bitmap);
-        }
-        if (_freedCount > 0)
-        {
+            Span<byte> e = stackalloc byte[8];
+            for (int i = 0; i < _dirtyL1Count; i++)
+            {
+                ulong index = _dirtyL1[i];
+                BinaryPrimitives.WriteUInt64BigEndian(e, _l1[index]);
+                WriteAt(Header.L1TableOffset + index * 8, e);
+            }
+            _dirtyL1Count = 0;
             Sync();
-            for (int i = 0; i < _freedCount; i++) Unreference(_freed[i]);
         }
-        if (fua) Sync();
-        _pendingCount = _freedCount = 0;
+        // Only now is no entry pointing at what was let go: its refcounts may drop (durable by the next sync; a
+        // crash before that leaks it).
+        while (_freedCount > 0) Unreference(_freed[--_freedCount]);
+    }
+
+    /// <summary>On close: unwritten metadata written back, a failure said in one line (the writes it covered are lost, the image is not corrupt).</summary>
+    private void WriteBackOnClose()
+    {
+        if (!Writable || !HasUnwrittenMetadata) return;
+        try { WriteBack(); }
+        catch (Exception e) when (e is Qcow2Exception or IOException)
+        {
+            Console.Error.WriteLine("ublk-aot: qcow2: " + Path + ": writing back metadata on close failed: " + e.Message);
+        }
     }
 
     /// <summary>One cluster's part of a write: straight to the cluster the image owns, or copy-on-write into one.</summary>
@@ -267,7 +299,7 @@ public sealed partial class Qcow2Image
             }
         }
         if (table == 0) table = NewTable(l1Index);
-        AddPending(new Pending { Table = table, L2Index = l2Index, Entry = target | Copied, Bitmap = h.ExtendedL2 ? AllAllocated : 0 });
+        SetL2(table, l2Index, target | Copied, h.ExtendedL2 ? AllAllocated : 0);
         if (compressed) AddFreed(new Freed(CompressedHost(entry), CompressedLength(entry)));
         else if (host != 0 && !owned) AddFreed(new Freed(host, 0));
     }
@@ -291,7 +323,7 @@ public sealed partial class Qcow2Image
         else newEntry = HasBacking ? L2ZeroFlag : 0; // (a v2 image with a backing file never gets here)
         if (newEntry == entry && newBitmap == bitmap) return; // (so with no table: nothing shows through, nothing to do)
         if (table == 0) table = NewTable(l1Index);
-        AddPending(new Pending { Table = table, L2Index = l2Index, Entry = newEntry, Bitmap = newBitmap });
+        SetL2(table, l2Index, newEntry, newBitmap);
         if (compressed) AddFreed(new Freed(CompressedHost(entry), CompressedLength(entry)));
         else if (host != 0 && !keep) AddFreed(new Freed(host, 0));
     }
@@ -305,9 +337,9 @@ public sealed partial class Qcow2Image
         Qcow2Header h = Header;
         l1Index = vcluster / (ulong)h.L2Entries;
         l2Index = (int)(vcluster % (ulong)h.L2Entries);
-        ulong table = TableFor(l1Index, out bool pendingTable);
+        ulong table = TableFor(l1Index);
         entry = bitmap = 0;
-        if (table != 0 && !pendingTable)
+        if (table != 0)
         {
             ulong[] t = L2(table);
             entry = t[h.ExtendedL2 ? 2 * l2Index : l2Index];
@@ -316,56 +348,51 @@ public sealed partial class Qcow2Image
         return table;
     }
 
-    /// <summary>The L2 table of <paramref name="l1Index"/>: the L1 entry's, or one this call allocated (<paramref name="pending"/>), or 0.</summary>
-    private ulong TableFor(ulong l1Index, out bool pending)
+    /// <summary>The L2 table of <paramref name="l1Index"/> (its in-memory L1 entry, new tables included), or 0.</summary>
+    private ulong TableFor(ulong l1Index)
     {
-        pending = false;
         if (l1Index >= (ulong)_l1.Length) throw Corrupt("guest offset beyond the L1 table");
         ulong l1 = _l1[l1Index];
-        if (l1 != 0)
-        {
-            // Without internal snapshots (refused for writing) every L2 table has refcount 1.
-            if ((l1 & Copied) == 0) throw Corrupt("L1 entry " + l1Index + " is shared but the image has no snapshots");
-            return l1 & OffsetMask;
-        }
-        for (int i = 0; i < _pendingCount; i++)
-            if (_pending[i].NewTable && _pending[i].L1Index == l1Index)
-            {
-                pending = true;
-                return _pending[i].Table;
-            }
-        return 0;
+        if (l1 == 0) return 0;
+        // Without internal snapshots (refused for writing) every L2 table has refcount 1.
+        if ((l1 & Copied) == 0) throw Corrupt("L1 entry " + l1Index + " is shared but the image has no snapshots");
+        return l1 & OffsetMask;
     }
 
-    /// <summary>A new L2 table for <paramref name="l1Index"/>: allocated, written as zeros, and in the cache; its L1 entry is pending.</summary>
+    /// <summary>A new L2 table for <paramref name="l1Index"/>: allocated, written as zeros, in the cache, and in the in-memory L1 (its L1 entry unwritten).</summary>
     private ulong NewTable(ulong l1Index)
     {
         ulong table = AllocateCluster();
         WriteAt(table, _zeros);
-        // Into the cache now, as zeros, so that this call's L2 entries land in it (Commit writes them through).
         Array.Clear(_cacheTables[_cacheIndex.TryGetValue(table, out int s) ? s : CacheSlotFor(table)]);
-        AddPending(new Pending { L1Index = l1Index, NewTable = true, Table = table });
+        _l1[l1Index] = table | Copied;
+        if (_dirtyL1Count == _dirtyL1.Length) Array.Resize(ref _dirtyL1, _dirtyL1.Length * 2);
+        _dirtyL1[_dirtyL1Count++] = l1Index;
         return table;
     }
 
-    /// <summary>Writes an L2 entry through: the cache, then the file (one aligned 8- or 16-byte write).</summary>
+    /// <summary>Changes an L2 entry in the cache; the table is dirty until <see cref="WriteBack"/>.</summary>
     private void SetL2(ulong table, int l2Index, ulong entry, ulong bitmap)
     {
         ulong[] t = L2(table);
-        Span<byte> e = stackalloc byte[16];
-        BinaryPrimitives.WriteUInt64BigEndian(e, entry);
         if (Header.ExtendedL2)
         {
             t[2 * l2Index] = entry;
             t[2 * l2Index + 1] = bitmap;
-            BinaryPrimitives.WriteUInt64BigEndian(e[8..], bitmap);
-            WriteAt(table + (ulong)l2Index * 16, e);
         }
-        else
+        else t[l2Index] = entry;
+        int slot = _cacheIndex[table];
+        if (!_dirty[slot])
         {
-            t[l2Index] = entry;
-            WriteAt(table + (ulong)l2Index * 8, e[..8]);
+            _dirty[slot] = true;
+            _dirtyCount++;
         }
+    }
+
+    /// <summary>Before the cache reuses <paramref name="slot"/>: a dirty table is written back first (with all the others).</summary>
+    private void BeforeEvicting(int slot)
+    {
+        if (_dirtyCount > 0 && _dirty[slot]) WriteBack();
     }
 
     /// <summary>A compressed L2 descriptor's host byte offset (bits 0..x-1).</summary>
@@ -534,12 +561,6 @@ public sealed partial class Qcow2Image
     /// <summary>Bits sc0..sc1 of an extended L2 bitmap's allocation half.</summary>
     private static ulong SubclusterMask(int sc0, int sc1) => ((sc1 == 31 ? 0xffff_ffffUL : (1UL << (sc1 + 1)) - 1)) & ~((1UL << sc0) - 1);
 
-    private void AddPending(in Pending p)
-    {
-        if (_pendingCount == _pending.Length) Array.Resize(ref _pending, _pending.Length * 2);
-        _pending[_pendingCount++] = p;
-    }
-
     private void AddFreed(Freed f)
     {
         if (_freedCount == _freed.Length) Array.Resize(ref _freed, _freed.Length * 2);
@@ -556,6 +577,10 @@ public sealed partial class Qcow2Image
     private void Extend(ulong length)
     {
         if (length <= _fileEnd) return;
+        // Asked of the file, not only of _fileEnd: SetLength also shrinks, and a write SQE into a cluster an odd image
+        // referenced past its end at open may have made the file longer than _fileEnd knows.
+        _fileEnd = Math.Max(_fileEnd, (ulong)RandomAccess.GetLength(_fd));
+        if (length <= _fileEnd) return;
         RandomAccess.SetLength(_fd, (long)length);
         _fileEnd = length;
     }
@@ -563,6 +588,7 @@ public sealed partial class Qcow2Image
     /// <summary>fdatasync of the image: what was written before it is durable.</summary>
     public void Sync()
     {
+        Syncs++;
         if (Libc.FDataSync(Fd) < 0) throw new Qcow2Exception("qcow2: fdatasync(" + Path + ") failed: " + Errno.Name(Errno.Last), Errno.Last);
     }
 }

@@ -177,7 +177,11 @@ public sealed partial class Qcow2Image : IDisposable
         int slot = 0;
         for (int i = 1; i < _cacheUse.Length && _cacheUse[slot] != 0; i++)
             if (_cacheUse[i] < _cacheUse[slot]) slot = i;
-        if (_cacheUse[slot] != 0) _cacheIndex.Remove(_cacheKey[slot]);
+        if (_cacheUse[slot] != 0)
+        {
+            BeforeEvicting(slot);
+            _cacheIndex.Remove(_cacheKey[slot]);
+        }
         _cacheTables[slot] ??= new ulong[_l2Words];
         _cacheKey[slot] = table;
         _cacheUse[slot] = ++_cacheClock;
@@ -347,6 +351,7 @@ public sealed partial class Qcow2Image : IDisposable
 
     public void Dispose()
     {
+        if (_fd != null && !_fd.IsClosed) WriteBackOnClose();
         _fd?.Dispose();
         _backingRaw?.Dispose();
         Backing?.Dispose();
