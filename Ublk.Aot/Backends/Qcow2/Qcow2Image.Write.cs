@@ -18,8 +18,8 @@ public sealed class Qcow2Exception(string message, int errno = Errno.EIO) : Ublk
 /// in around a partial write, or only the new bytes where the cluster is past the end of the file over zeros) and,
 /// for a new L2 table, zeros; then it changes the L2 entry (and L1 entry) in memory only: the cached table is
 /// dirty, and what the entry stopped pointing at is remembered;</item>
-/// <item><see cref="WriteBack"/> — on FLUSH, FUA, when half the L2 cache is dirty, when a dirty table would be
-/// evicted, and when the image is closed — makes it durable: fdatasync (data, refcounts, new tables), the dirty L2
+/// <item><see cref="WriteBack"/> — on FLUSH, FUA, when half of a cache that cannot hold every table is dirty, when
+/// a dirty table would be evicted, and when the image is closed — makes it durable: fdatasync (data, refcounts, new tables), the dirty L2
 /// tables written whole and the new L1 entries (each entry lies inside one sector), fdatasync, and only then the
 /// refcounts of what was let go drop (compressed clusters: every host cluster they touch).</item>
 /// </list>
