@@ -116,11 +116,7 @@ public struct Qcow2Backend(Qcow2Image image) : IBackend
             switch (m.Kind)
             {
                 case Qcow2Kind.Data:
-                    if (n > 0 && _pieces[first + n - 1].Host + _pieces[first + n - 1].Length == m.Host && _pieces[first + n - 1].BufferOffset + _pieces[first + n - 1].Length == pos)
-                        _pieces[first + n - 1].Length += k;
-                    else if (n < MaxPieces)
-                        _pieces[first + n++] = new Piece { Host = m.Host, BufferOffset = pos, Length = k };
-                    else
+                    if (!AddPiece(first, ref n, m.Host, pos, k))
                     {
                         // More pieces than a request may have in flight: the rest synchronously.
                         _image.Read(offset + pos, buffer[(int)pos..]);
@@ -151,14 +147,31 @@ public struct Qcow2Backend(Qcow2Image image) : IBackend
             Qcow2Mapping m = _image.Map(offset + pos);
             if (!m.InPlace) return WriteSync(queue, tag, offset, length, fua);
             uint k = Math.Min(m.Length, length - pos);
-            if (n > 0 && _pieces[first + n - 1].Host + _pieces[first + n - 1].Length == m.Host)
-                _pieces[first + n - 1].Length += k;
-            else if (n < MaxPieces)
-                _pieces[first + n++] = new Piece { Host = m.Host, BufferOffset = pos, Length = k };
-            else return WriteSync(queue, tag, offset, length, fua);
+            if (!AddPiece(first, ref n, m.Host, pos, k)) return WriteSync(queue, tag, offset, length, fua);
             pos += k;
         }
         return Issue(queue, tag, n, length, write: true, fua);
+    }
+
+    /// <summary>
+    /// Adds [pos, pos+k) of the request's buffer at host offset <paramref name="host"/> to its pieces: merged into the
+    /// last piece where both the host range and the buffer range continue it, else a new piece; false when the
+    /// request already has <see cref="MaxPieces"/>.
+    /// </summary>
+    private bool AddPiece(int first, ref int n, ulong host, uint pos, uint k)
+    {
+        if (n > 0)
+        {
+            ref Piece last = ref _pieces[first + n - 1];
+            if (last.Host + last.Length == host && last.BufferOffset + last.Length == pos)
+            {
+                last.Length += k;
+                return true;
+            }
+        }
+        if (n == MaxPieces) return false;
+        _pieces[first + n++] = new Piece { Host = host, BufferOffset = pos, Length = k };
+        return true;
     }
 
     /// <summary>A write that allocates: all of it through the image's ordered path.</summary>
