@@ -15,6 +15,10 @@
 #                               scripts/bench/qcow2-matrix.sh and pair-report.py
 #                               (BENCH_ROUNDS, BENCH_RUNTIME, BENCH_RAMP,
 #                               BENCH_QCOW2_SIZE); no kublk build
+#   scripts/bench.sh nbd-trace  where a 4k QD1 read's time goes, ublk-aot nbd
+#                               against nbd.ko, from an ftrace of scheduler,
+#                               io_uring, block and nbd events in ONE VM boot:
+#                               scripts/bench/nbd-trace.sh and nbd-trace.py
 #
 # Steps:
 #   1. prerequisites on the host (fio, strace, gcc, ...; scripts/vm-setup.sh)
@@ -67,7 +71,7 @@ prerequisites() {
   local need=() p
   # strace: fallback counter of syscalls per I/O when perf cannot run.
   local tools="fio:fio strace:strace gcc:gcc xz:xz-utils dpkg-deb:dpkg"
-  [[ $MODE == nbd ]] && tools="fio:fio nbd-client:nbd-client"
+  [[ $MODE == nbd || $MODE == nbd-trace ]] && tools="fio:fio nbd-client:nbd-client"
   [[ $MODE == qcow2 ]] && tools="fio:fio nbd-client:nbd-client qemu-nbd:qemu-utils"
   for p in $tools; do
     command -v "${p%%:*}" >/dev/null || need+=("${p#*:}")
@@ -259,11 +263,25 @@ run_pair() {
 MODE=matrix
 case ${1:-} in
   "") ;;
-  nbd|qcow2) MODE=$1 ;;
+  nbd|qcow2|nbd-trace) MODE=$1 ;;
   -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
-  *) echo "usage: scripts/bench.sh [nbd|qcow2] (settings through the BENCH_* variables; -h for help)" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [nbd|qcow2|nbd-trace] (settings through the BENCH_* variables; -h for help)" >&2; exit 2 ;;
 esac
 prerequisites
+if [[ $MODE == nbd-trace ]]; then
+  run=$BENCH_CACHE/runs/$MODE-$(date +%Y%m%d-%H%M%S)
+  mkdir -p "$run"
+  SAMPLER_PID=""
+  trap 'if [[ -n $SAMPLER_PID ]]; then kill "$SAMPLER_PID" 2>/dev/null || true; fi' EXIT
+  cp "$ROOT/out/ublk-aot" "$ROOT/scripts/bench/nbd-trace.sh" "$run/"
+  status=0
+  run_guest "$run" nbd-trace.sh "nbd QD1 trace" 5 "" || status=$?
+  record_context "$run"
+  ((status == 0)) || die "the trace run failed (status $status); raw data: $run"
+  python3 "$ROOT/scripts/bench/nbd-trace.py" "$run" | tee "$run/results.md"
+  log "raw data: $run"
+  exit 0
+fi
 if [[ $MODE != matrix ]]; then
   run=$BENCH_CACHE/runs/$MODE-$(date +%Y%m%d-%H%M%S)
   mkdir -p "$run"
