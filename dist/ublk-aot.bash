@@ -38,10 +38,10 @@ _ublk_aot()
             --recovery) COMPREPLY=($(compgen -W 'reissue fail-io off' -- "$cur")); return ;;
             --io-mode) COMPREPLY=($(compgen -W 'auto copy user-copy zero-copy auto-buf-reg' -- "$cur")); return ;;
             --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-            --backend|--queues|--depth|--max-io|--id|--cpus|--idle-release|--metrics) return ;;
+            --backend|--queues|--depth|--max-io|--id|--cpus|--idle-release|--poll|--metrics) return ;;
         esac
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W '--backend --config --queues --depth --block-size --max-io --read-only --id --cpus --idle-release --fixed-buffers --huge-buffers --recovery --no-partition-scan --io-mode --metrics --stats --timeout --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--backend --config --queues --depth --block-size --max-io --read-only --id --cpus --idle-release --poll --fixed-buffers --huge-buffers --recovery --no-partition-scan --io-mode --metrics --stats --timeout --help' -- "$cur"))
         fi
         ;;
     recover)
@@ -50,10 +50,10 @@ _ublk_aot()
             --recovery) COMPREPLY=($(compgen -W 'reissue fail-io off' -- "$cur")); return ;;
             --io-mode) COMPREPLY=($(compgen -W 'auto copy user-copy zero-copy auto-buf-reg' -- "$cur")); return ;;
             --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-            --backend|--queues|--depth|--max-io|--id|--cpus|--idle-release|--metrics) return ;;
+            --backend|--queues|--depth|--max-io|--id|--cpus|--idle-release|--poll|--metrics) return ;;
         esac
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W '--backend --config --queues --depth --block-size --max-io --read-only --id --cpus --idle-release --fixed-buffers --huge-buffers --recovery --no-partition-scan --io-mode --metrics --stats --timeout --help' -- "$cur"))
+            COMPREPLY=($(compgen -W '--backend --config --queues --depth --block-size --max-io --read-only --id --cpus --idle-release --poll --fixed-buffers --huge-buffers --recovery --no-partition-scan --io-mode --metrics --stats --timeout --help' -- "$cur"))
         else
             COMPREPLY=($(compgen -W "$(_ublk_aot_ids)" -- "$cur"))
         fi

@@ -44,6 +44,8 @@ public sealed class BadInputTests
     [InlineData("serve --backend mem:1G --cpus 4096", "--cpus names CPU 4096")]
     [InlineData("serve --backend mem:1G --idle-release 2m", "--idle-release must be a number between 0 and 86400")]
     [InlineData("serve --backend mem:1G --idle-release -1", "--idle-release must be a number between 0 and 86400")]
+    [InlineData("serve --backend mem:1G --poll 20000", "--poll must be a number between 0 and 10000, got '20000'")]
+    [InlineData("serve --backend mem:1G --poll 5us", "--poll must be a number between 0 and 10000, got '5us'")]
     [InlineData("serve --backend mem:1G --io-mode fast", "--io-mode must be auto, copy, user-copy, zero-copy, auto-buf-reg, got 'fast'")]
     [InlineData("serve --backend mem:1G --io-mode", "serve: --io-mode needs a value")]
     [InlineData("serve --backend mem:1G --frobnicate", "serve: unknown option '--frobnicate'")]

@@ -64,7 +64,7 @@ public sealed class ServeConfigTests : System.IDisposable
     {
         // Parses through to the backend (which then refuses recovery for mem): every line above it was accepted.
         var r = Serve("  # comment\n\nbackend = mem:64M\nid=9\nread-only=no\nfixed-buffers=yes\nhuge-buffers=no\nqueues=1\ndepth=16\n" +
-                      "max-io=256K\nidle-release=0\nio-mode=copy\nno-partition-scan=no\nstats=yes\nblock-size=4096\nrecovery=reissue\n" +
+                      "max-io=256K\nidle-release=0\npoll=50\nio-mode=copy\nno-partition-scan=no\nstats=yes\nblock-size=4096\nrecovery=reissue\n" +
                       "metrics=unix:" + Path.Combine(_dir, "metrics.sock") + "\n");
         Assert.True(r.Code == 2 && r.Err.Contains("--recovery: this backend's data lives in the server process"), r.Err);
 

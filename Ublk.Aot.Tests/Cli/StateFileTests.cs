@@ -33,7 +33,7 @@ public sealed class StateFileTests : IDisposable
         var o = new DeviceOptions
         {
             Queues = 3, Depth = 64, BlockSize = 4096, MaxIoBytes = 256 * 1024, ReadOnly = true, Recovery = RecoveryMode.Reissue,
-            IdleRelease = TimeSpan.FromSeconds(7), FixedBuffers = true, HugeBuffers = true, Cpus = [1, 0], NoPartitionScan = true,
+            IdleRelease = TimeSpan.FromSeconds(7), FixedBuffers = true, HugeBuffers = true, Cpus = [1, 0], NoPartitionScan = true, PollMicros = 150,
         };
         StateFile.Write(12, "file:/data/x.img,size=1G", o);
         StateFile.Write(12, "file:/data/x.img,size=1G", o); // over an existing file
@@ -46,6 +46,7 @@ public sealed class StateFileTests : IDisposable
         Assert.Equal((TimeSpan.FromSeconds(7), true, true), (r.IdleRelease, r.FixedBuffers, r.HugeBuffers));
         Assert.Equal([1, 0], r.Cpus!);
         Assert.True(r.NoPartitionScan);
+        Assert.Equal(150, r.PollMicros);
         StateFile.Delete(12);
         Assert.Null(StateFile.Read(12));
         StateFile.Delete(12); // twice is fine

@@ -65,6 +65,7 @@ public sealed class NbdTests : IDisposable
             Assert.True(s.StatSum("writes") > 0 && s.StatSum("flushes") > 0, s.Stderr);
             // No allocation per request: the queue threads (sends, receives, replies) allocated nothing.
             Assert.True(s.StatSum("alloc_bytes") == 0, "the nbd queue threads allocated:\n" + s.Stderr);
+            Assert.True(s.StatSum("poll_hits") == 0, "a queue polled without --poll:\n" + s.Stderr);
         }
         AssertNoDevices();
         AssertExportEquals(uri, shown);
@@ -78,7 +79,8 @@ public sealed class NbdTests : IDisposable
         int port = NbdServer.FreePort();
         using NbdServer server = NbdServer.StartQemuNbd("-t -f raw -b 127.0.0.1 -p " + port + " -x disk --cache=writeback " + img, port: port);
         string shown = Path.Combine(_dir, "device.raw");
-        using (ServerProcess s = ServerProcess.Start("--backend nbd://127.0.0.1:" + port + "/disk --stats"))
+        // --poll: the queue thread spins on its ring before sleeping; the data must be the same, and the spins must land.
+        using (ServerProcess s = ServerProcess.Start("--backend nbd://127.0.0.1:" + port + "/disk --poll 200 --stats"))
         {
             string common = " --filename=" + s.DevicePath + " --ioengine=io_uring --direct=1 --verify=crc32c --verify_fatal=1 --group_reporting";
             Fio("qemu-nbd 4k randwrite", "--name=rw4k --rw=randwrite --bs=4k --iodepth=32 --size=48M" + common);
@@ -86,6 +88,7 @@ public sealed class NbdTests : IDisposable
             Sh("dd if=" + s.DevicePath + " of=" + shown + " bs=1M iflag=direct status=none");
             Assert.Equal(0, s.Stop());
             Assert.True(s.StatSum("alloc_bytes") == 0 && s.StatSum("errors") == 0, "the nbd queue thread allocated or failed:\n" + s.Stderr);
+            Assert.True(s.StatSum("poll_hits") > 0, "--poll 200: no wait ended in the poll window:\n" + s.Stderr);
         }
         AssertNoDevices();
         // qemu-nbd wrote the file itself: the image is what the device showed, and so is the export read by qemu-img.

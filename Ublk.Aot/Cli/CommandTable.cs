@@ -69,7 +69,7 @@ public static class CommandTable
     public const string Program = "ublk-aot";
 
     /// <summary>The man page's date: bump it with the page's content (the page is compared with dist/ by a test).</summary>
-    public const string ManDate = "2026-12-02";
+    public const string ManDate = "2026-12-04";
 
     public static readonly Opt Timeout = new("--timeout", "SECONDS",
         "the deadline of each control command this process sends (30; 0 = none): one that does not complete in time fails " +
@@ -90,6 +90,8 @@ public static class CommandTable
         new("--id", "N", "use device id N; a device N whose server died and that waits for recovery is recovered instead of created"),
         new("--cpus", "LIST", "pin the queue threads to these CPUs, e.g. 0,2-3 (default: queue i on online CPU i mod n)"),
         new("--idle-release", "SECONDS", "a queue idle this long gives its buffers' pages back (20; 0 = never)"),
+        new("--poll", "USECS", "a queue thread polls its ring this long before it sleeps waiting for a completion: lower latency " +
+            "for a network backend at low queue depth, at the price of a busy CPU (0 = sleep at once; at most 10000)"),
         new("--fixed-buffers", null, "register the buffers with io_uring for file I/O (pins depth x max-io bytes per queue; turns idle release off)"),
         new("--huge-buffers", null, "put the buffers on transparent huge pages"),
         new("--recovery", "reissue|fail-io|off", "the device outlives this server's death and waits for `recover`: reissue: I/O waits and requests " +

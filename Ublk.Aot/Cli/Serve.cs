@@ -87,6 +87,7 @@ public static class Serve
                 break;
             }
             case "--idle-release": d.IdleRelease = TimeSpan.FromSeconds(Int(DeviceOptions.IdleReleaseRange, Value(argv, ref i))); break;
+            case "--poll": d.PollMicros = Int(DeviceOptions.PollRange, Value(argv, ref i)); break;
             default: return false;
         }
         return true;
@@ -453,7 +454,7 @@ public static class Serve
         {
             QueueStats s = q.Stats;
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"stats queue={q.QueueId} cpu={s.Cpu} reads={s.Reads} writes={s.Writes} flushes={s.Flushes} discards={s.Discards} write_zeroes={s.WriteZeroes} other={s.Other} errors={s.Errors} bytes_read={s.BytesRead} bytes_written={s.BytesWritten} loops={s.LoopIterations} idle_releases={s.IdleReleases} reg_fallbacks={s.RegFallbacks} reg_failures={s.RegFailures} alloc_bytes={s.AllocatedBytes} gc0={s.Gen0Collections}"));
+                $"stats queue={q.QueueId} cpu={s.Cpu} reads={s.Reads} writes={s.Writes} flushes={s.Flushes} discards={s.Discards} write_zeroes={s.WriteZeroes} other={s.Other} errors={s.Errors} bytes_read={s.BytesRead} bytes_written={s.BytesWritten} loops={s.LoopIterations} idle_releases={s.IdleReleases} reg_fallbacks={s.RegFallbacks} reg_failures={s.RegFailures} poll_hits={s.PollHits} alloc_bytes={s.AllocatedBytes} gc0={s.Gen0Collections}"));
         }
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"stats process gc0={GC.CollectionCount(0)} gc1={GC.CollectionCount(1)} gc2={GC.CollectionCount(2)} allocated={GC.GetTotalAllocatedBytes()}"));

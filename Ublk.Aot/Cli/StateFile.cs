@@ -47,6 +47,7 @@ public static class StateFile
             w.WriteBoolean("fixed_buffers", o.FixedBuffers);
             w.WriteBoolean("huge_buffers", o.HugeBuffers);
             w.WriteBoolean("no_partition_scan", o.NoPartitionScan);
+            w.WriteNumber("poll_us", o.PollMicros);
             if (o.Cpus is { } cpus)
             {
                 w.WriteStartArray("cpus");
@@ -87,6 +88,7 @@ public static class StateFile
             };
             // Absent in files written before the option existed.
             if (r.TryGetProperty("no_partition_scan", out JsonElement nps)) o.NoPartitionScan = nps.GetBoolean();
+            if (r.TryGetProperty("poll_us", out JsonElement poll)) o.PollMicros = poll.GetInt32();
             if (r.TryGetProperty("cpus", out JsonElement cpus))
             {
                 var list = new List<int>();

@@ -224,7 +224,7 @@ public sealed class UblkDevice : IDisposable
             var geometry = new QueueGeometry(Id, (ushort)q, Info.queue_depth, Info.max_io_buf_bytes, _opts.IoMode);
             // The hold-fetch test hook leaves half the tags without a FETCH, so START_DEV/END_USER_RECOVERY block.
             int fetchTags = _opts.TestHoldFetch ? Info.queue_depth / 2 : -1;
-            var queue = new UblkQueue<TBackend>(geometry, BufferStrategy.Create(_opts.Buffers with { Bounce = Caps.UserCopyBounce }), _charFd, cpus, backendFiles, backend, ioctl, fetchTags);
+            var queue = new UblkQueue<TBackend>(geometry, BufferStrategy.Create(_opts.Buffers with { Bounce = Caps.UserCopyBounce }), _charFd, cpus, backendFiles, backend, ioctl, fetchTags, _opts.PollMicros);
             _queues[q] = queue;
             queue.Start(ready, QueueExited);
         }

@@ -32,6 +32,8 @@ public struct QueueStats
     public long RegFallbacks;
     /// <summary>Zero copy: REGISTER_IO_BUF / UNREGISTER_IO_BUF commands the kernel refused (the request then failed).</summary>
     public long RegFailures;
+    /// <summary>`--poll`: waits a completion ended within the poll window, so the queue thread did not sleep.</summary>
+    public long PollHits;
     /// <summary>Managed bytes the queue thread allocated between its first FETCH and its exit.</summary>
     public long AllocatedBytes;
     public int Gen0Collections;
@@ -179,6 +181,7 @@ public abstract unsafe class UblkQueue
         r.IdleReleases = Volatile.Read(ref s.IdleReleases);
         r.RegFallbacks = Volatile.Read(ref s.RegFallbacks);
         r.RegFailures = Volatile.Read(ref s.RegFailures);
+        r.PollHits = Volatile.Read(ref s.PollHits);
         r.AllocatedBytes = Volatile.Read(ref s.AllocatedBytes);
         r.Gen0Collections = Volatile.Read(ref s.Gen0Collections);
         r.Cpu = Volatile.Read(ref s.Cpu);
@@ -299,6 +302,7 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
     private readonly bool _timeLatency = LatencyTiming.Enabled;
     private readonly bool _ticksAreNs = LatencyTiming.NsPerTick == 1.0;
     private readonly long[] _arrival;
+    private readonly long _pollTicks; // serve --poll, in Stopwatch ticks; 0: sleep in the kernel at once
 
     // The idle timer: one relative IORING_OP_TIMEOUT, re-armed from its own CQE (nothing per I/O).
     private readonly long _idleNs;   // 0: the buffer strategy never wants idle release
@@ -307,9 +311,10 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
     private bool _ioSinceRelease;    // a request arrived since the last idle release
 
     public UblkQueue(in QueueGeometry geometry, BufferStrategy buffers, int charFd, int[] cpus, int[] extraFiles,
-        TBackend backend, bool ioctlEncoding, int fetchTags = -1)
+        TBackend backend, bool ioctlEncoding, int fetchTags = -1, int pollMicros = 0)
         : base(geometry, buffers)
     {
+        _pollTicks = pollMicros * Stopwatch.Frequency / 1_000_000;
         _fetchTags = fetchTags < 0 ? geometry.Depth : Math.Min(fetchTags, geometry.Depth);
         _arrival = new long[geometry.Depth];
         _charFd = charFd;
@@ -477,12 +482,31 @@ public sealed unsafe class UblkQueue<TBackend> : UblkQueue where TBackend : stru
                 break;
             }
             if (_cmdsInFlight == 0 && _backendInFlight == 0) { _endedClean = true; break; } // every tag aborted
-            int rc = ring.SubmitAndWait(1);
+            int rc = _pollTicks > 0 ? PollThenWait(ring) : ring.SubmitAndWait(1);
             if (rc < 0 && rc != -Errno.EINTR && rc != -Errno.EAGAIN && rc != -Errno.EBUSY && rc != -Errno.ETIME)
                 throw new SysException("io_uring_enter(queue " + QueueId + ")", -rc);
             _stats.LoopIterations++;
             ring.DrainCompletions(ref router);
         }
+    }
+
+    /// <summary>
+    /// `serve --poll USECS`: before sleeping in io_uring_enter, keep entering without waiting (which still runs the
+    /// ring's deferred task work) for up to <see cref="_pollTicks"/>, so a completion that lands within that window
+    /// is reaped without the sleep and wake-up. Costs a CPU spinning on this queue's thread meanwhile.
+    /// </summary>
+    private int PollThenWait(IoUring ring)
+    {
+        int rc = ring.Submit();
+        if (rc < 0 || ring.CqReady > 0) return rc;
+        long end = Stopwatch.GetTimestamp() + _pollTicks;
+        while (Stopwatch.GetTimestamp() < end)
+        {
+            rc = ring.Submit();
+            if (rc < 0 || ring.IsCancelled) return rc;
+            if (ring.CqReady > 0) { _stats.PollHits++; return rc; }
+        }
+        return ring.SubmitAndWait(1);
     }
 
     // DrainCompletions wants a struct handler (a direct call); this queue is a class, so route through a tiny struct.

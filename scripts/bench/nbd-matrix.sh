@@ -8,10 +8,11 @@
 #
 # One nbdkit process (memory plugin, a unix socket) serves both clients;
 # the export is written in full once, so reads return stored data, not holes.
-# Each round runs, one after the other: ublk-aot with 1 queue, nbd-client with
-# 1 connection (the workloads of WORKLOADS with 1 queue), then ublk-aot with
-# 2 queues and nbd-client -C 2 (the 2-queue workloads).  Odd rounds start with
-# ublk-aot, even rounds with nbd.  One fio process per device, its workloads
+# Each round runs, one after the other: ublk-aot with 1 queue, ublk-aot with
+# 1 queue and --poll BENCH_POLL, nbd-client with 1 connection (the workloads
+# of WORKLOADS with 1 queue), then the same with 2 queues and nbd-client -C 2
+# (the 2-queue workloads).  Odd rounds start with ublk-aot, even rounds with
+# nbd.  One fio process per device, its workloads
 # separated by stonewall.
 #
 # Writes OUTDIR/meta.env, OUTDIR/runs/T.qQ.rN.json (fio JSON), .err (server
@@ -20,6 +21,7 @@
 # Env (defaults): BENCH_AOT (OUTDIR/ublk-aot)  BENCH_ROUNDS (3)
 #   BENCH_RUNTIME (4) BENCH_RAMP (1)   seconds per fio job: RAMP + RUNTIME
 #   BENCH_NBD_SIZE (256M)             the export's size
+#   BENCH_POLL (200)                  --poll USECS of the aotpoll target
 set -uo pipefail
 
 OUT=$(realpath -e "${1:?usage: nbd-matrix.sh OUTDIR}") || exit 2
@@ -28,6 +30,7 @@ ROUNDS=${BENCH_ROUNDS:-3}
 RUNTIME=${BENCH_RUNTIME:-4}
 RAMP=${BENCH_RAMP:-1}
 SIZE=${BENCH_NBD_SIZE:-256M}
+POLL=${BENCH_POLL:-200}
 DEPTH=128                 # ublk queue depth; nbd.ko's tag set has 128 per connection
 NCPU=$(nproc)
 FIO_CPU=$((NCPU - 1))
@@ -75,6 +78,7 @@ one() {   # one TARGET QUEUES ROUND
   local t=$1 q=$2 r=$3 base=$OUT/runs/$1.q$2.r$3
   case $t in
     aot) start_aot "nbd+unix:///?socket=$SOCK" "$q" "$base.err" || return 1; run_fio "$base" "$q"; stop_aot ;;
+    aotpoll) start_aot "nbd+unix:///?socket=$SOCK" "$q" "$base.err" --poll "$POLL" || return 1; run_fio "$base" "$q"; stop_aot ;;
     nbd) start_nbd "$SOCK" "$q" "$base.err" || return 1; run_fio "$base" "$q"; stop_nbd ;;
   esac
   log "$t q$q round $r done"
@@ -92,6 +96,10 @@ start_nbdkit || exit 1
   echo "nbd_client=nbd-client $(nbd-client -V 2>&1 | grep -o '[0-9][0-9.]*' | head -n1)"
   echo "export=nbdkit memory $SIZE over a unix socket"
   echo "rounds=$ROUNDS, fio ramp $RAMP s + $RUNTIME s, depth $DEPTH"
+  echo "targets=aot:ublk-aot nbd|aotpoll:ublk-aot nbd --poll $POLL|nbd:kernel nbd"
+  echo "ratios=aot/nbd|aotpoll/nbd"
+  echo "workloads=rr4k-qd1:4k random read, QD1|rr4k-qd64:4k random read, QD64|rw4k-qd64:4k random write, QD64|sr128k-qd16:128k sequential read, QD16|sw128k-qd16:128k sequential write, QD16|rr4k-qd128-2q:4k random read, 2 jobs x QD64, 2 queues / 2 connections"
+  echo "markers=nbd-results"
 } > "$OUT/meta.env"
 
 # Fill the export once (through ublk-aot), so every read finds stored data.
@@ -103,7 +111,7 @@ stop_aot
 
 status=0
 for ((r = 1; r <= ROUNDS; r++)); do
-  if ((r % 2)); then order="aot nbd"; else order="nbd aot"; fi
+  if ((r % 2)); then order="aot aotpoll nbd"; else order="nbd aotpoll aot"; fi
   for q in 1 2; do
     for t in $order; do one "$t" "$q" "$r" || status=1; done
   done

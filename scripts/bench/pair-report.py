@@ -6,7 +6,8 @@ Medians over the rounds of each (target, workload): IOPS, MiB/s, mean
 completion latency; one ratio column per other target (the first target over
 it).  What the targets and workloads are, and which result markers of FILE the
 table replaces with --doc, comes from the run's meta.env (targets=, workloads=,
-markers=); runs made before those lines existed are nbd runs.
+markers=, and ratios=a/b|c/b when the ratio columns are not the first target
+over each other); runs made before those lines existed are nbd runs.
 """
 import json
 import os
@@ -61,14 +62,23 @@ def table(run):
     data, m = load(run), meta(run)
     targets, workloads = pairs(m["targets"]), pairs(m["workloads"])
     med = {k: tuple(statistics.median(s[i] for s in v) for i in range(3)) for k, v in data.items()}
-    first, others = targets[0], targets[1:]
-    head = ["workload"] + [f"{label} IOPS" for _, label in targets] + [f"vs {label}" for _, label in others] \
+    names = dict(targets)
+    index = {t: i for i, (t, _) in enumerate(targets)}
+    if "ratios" in m:
+        ratios = [tuple(p.split("/")) for p in m["ratios"].split("|") if p]
+        ratio_head = [f"{names[a]} vs {names[b]}" for a, b in ratios]
+    else:
+        ratios = [(targets[0][0], t) for t, _ in targets[1:]]
+        ratio_head = [f"vs {names[b]}" for _, b in ratios]
+    head = ["workload"] + [f"{label} IOPS" for _, label in targets] + ratio_head \
         + [f"{label} MiB/s" for _, label in targets] + [f"{label} mean lat (us)" for _, label in targets] + ["rounds"]
     rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for w, label in workloads:
         got = [med.get((t, w)) for t, _ in targets]
         cells = [label] + [f"{g[0]:,.0f}" if g else "-" for g in got]
-        cells += [f"**{got[0][0] / g[0]:.2f}x**" if got[0] and g and g[0] else "(missing)" for g in got[1:]]
+        for a, b in ratios:
+            x, y = got[index[a]], got[index[b]]
+            cells.append(f"**{x[0] / y[0]:.2f}x**" if x and y and y[0] else "(missing)")
         cells += [f"{g[1]:,.1f}" if g else "-" for g in got] + [f"{g[2]:,.0f}" if g else "-" for g in got]
         cells.append(str(min((len(data.get((t, w), [])) for t, _ in targets), default=0)))
         rows.append("| " + " | ".join(cells) + " |")
