@@ -1,5 +1,7 @@
 using System;
 using System.IO;
+using System.Linq;
+using Microsoft.Win32.SafeHandles;
 using Ublk.Aot.Backends;
 using Xunit;
 using static Ublk.Aot.Tests.Integration.IntegrationEnv;
@@ -250,6 +252,111 @@ public sealed class Qcow2WriteTests : IDisposable
         Assert.True(check.Code is 0 or 3 && !check.Out.Contains("ERROR"), "qemu-img check of the crashed copy:\n" + check);
         Assert.Contains("leaked", check.Out); // the second batch's clusters: referenced by nothing, refcount 1
         AssertEqualsModel(crashed, flushed);
+    }
+
+    /// <summary>
+    /// The allocating write whose data goes as an SQE (Qcow2Backend): TryAllocateForWrite allocates a new cluster
+    /// past the end of the file and points the cached entry at it before the data is written. Here the "SQE" is a
+    /// pwrite through another handle, done for half the writes before a write-back and for the rest after it: the
+    /// copy taken between (a crash while those writes were in flight) must be clean and read zeros where their data
+    /// was missing, which is what those ranges read before; the finished image clean and equal to the model.
+    /// </summary>
+    [Theory]
+    [InlineData("compat=1.1,cluster_size=65536")]
+    [InlineData("compat=0.10,cluster_size=4096")]
+    [InlineData("compat=1.1,cluster_size=65536,extended_l2=on")]
+    public void Clusters_allocated_ahead_of_an_sqe_write_read_as_zeros_until_it_lands_and_check_clean(string options)
+    {
+        RequireQemu();
+        const int size = 16 << 20, writes = 60;
+        string img = P("s.qcow2"), crashed = P("s-crashed.qcow2");
+        Sh("qemu-img create -q -f qcow2 -o " + options + " " + img + " " + size);
+        byte[] model = new byte[size], early = new byte[size];
+        var rng = new Random(options.Length);
+        var late = new System.Collections.Generic.List<(long Host, byte[] Data)>();
+        using (SafeFileHandle h = File.OpenHandle(img, FileMode.Open, FileAccess.ReadWrite))
+        {
+            using (Qcow2Image q = Qcow2Image.Open(img, writable: true, l2CacheBytes: 64 << 10))
+            {
+                int cs = q.Header.ClusterSize, clusters = size / cs;
+                var used = new System.Collections.Generic.HashSet<int>();
+                for (int i = 0; i < writes; i++)
+                {
+                    int c;
+                    do c = rng.Next(clusters); while (!used.Add(c));
+                    int inCluster = rng.Next(cs), len = rng.Next(1, cs - inCluster + 1);
+                    ulong at = (ulong)c * (ulong)cs + (ulong)inCluster;
+                    long fileBefore = RandomAccess.GetLength(h);
+                    Assert.False(q.Map(at).InPlace);
+                    Assert.True(q.TryAllocateForWrite(at), "cluster " + c + " of a fresh image was not allocated for an SQE");
+                    Qcow2Mapping m = q.Map(at);
+                    Assert.True(m.Kind == Qcow2Kind.Data && m.InPlace, "after TryAllocateForWrite: " + m);
+                    Assert.True(m.Host - (ulong)inCluster >= (ulong)fileBefore, "the new cluster 0x" + m.Host.ToString("x") + " is inside the file (" + fileBefore + " bytes)");
+                    byte[] got = new byte[len];
+                    q.Read(at, got);
+                    Assert.True(got.AsSpan().IndexOfAnyExcept((byte)0) < 0, "a cluster allocated ahead of its data does not read as zeros");
+                    byte[] data = new byte[len];
+                    rng.NextBytes(data);
+                    data.CopyTo(model, (int)at);
+                    if (i % 2 == 0)
+                    {
+                        RandomAccess.Write(h, data, (long)m.Host);
+                        data.CopyTo(early, (int)at);
+                    }
+                    else late.Add(((long)m.Host, data));
+                }
+                Assert.Equal(writes, q.AllocatedForSqe);
+                q.WriteBack();
+                File.Copy(img, crashed);
+                foreach ((long host, byte[] data) in late) RandomAccess.Write(h, data, host);
+                q.WriteBack();
+            }
+        }
+        AssertClean(crashed);
+        AssertEqualsModel(crashed, early);
+        AssertClean(img);
+        AssertEqualsModel(img, model);
+    }
+
+    /// <summary>
+    /// Where an SQE write could show a byte the guest never wrote or lose one it did, TryAllocateForWrite refuses and
+    /// changes nothing: a cluster over backing data, a compressed cluster, an allocated zero-flagged cluster (its host
+    /// cluster holds old bytes); an unallocated cluster of an image with a backing file at all. A zero-flagged
+    /// cluster with no host cluster reads as zeros and is taken.
+    /// </summary>
+    [Fact]
+    public void Clusters_whose_old_bytes_an_sqe_write_would_lose_are_refused_for_it()
+    {
+        RequireQemu();
+        string b = P("base.raw"), img = P("r.qcow2"), comp = P("comp.qcow2");
+        File.WriteAllBytes(b, new byte[1 << 20].Select((_, i) => (byte)(i * 7 + 1)).ToArray());
+        Sh("cd " + _dir + " && qemu-img create -q -f qcow2 -o cluster_size=65536 -b base.raw -F raw r.qcow2 4M");
+        using (Qcow2Image q = Qcow2Image.Open(img, writable: true))
+        {
+            Assert.False(q.TryAllocateForWrite(100));              // backing data under it
+            Assert.Equal(Qcow2Kind.Unallocated, q.Map(100).Kind);
+            Assert.False(q.TryAllocateForWrite(2 << 20));           // unallocated shows the backing file (here past its end: not looked at)
+            q.Zero(2 << 20, 64 << 10, discard: true, keepAllocated: false, fua: false);
+            Assert.Equal(Qcow2Kind.Zero, q.Map(2 << 20).Kind);     // zero-flagged, no host cluster: reads as zeros
+            Assert.True(q.TryAllocateForWrite(2 << 20));
+            Assert.True(q.Map(2 << 20).InPlace);
+            q.Write(3 << 20, new byte[4096].Select(_ => (byte)9).ToArray(), fua: false);
+            q.Zero(3 << 20, 64 << 10, discard: false, keepAllocated: true, fua: false);
+            Assert.Equal(Qcow2Kind.Zero, q.Map(3 << 20).Kind);
+            Assert.False(q.TryAllocateForWrite(3 << 20));           // allocated, zero-flagged: old bytes in its cluster
+            Assert.Equal(1, q.AllocatedForSqe);
+        }
+        Sh("qemu-img create -q -f qcow2 " + P("src.qcow2") + " 4M");
+        Sh("qemu-io -f qcow2 " + P("src.qcow2") + " -c 'write -P 0x61 0 1M' >/dev/null");
+        Sh("qemu-img convert -c -O qcow2 " + P("src.qcow2") + " " + comp);
+        using (Qcow2Image q = Qcow2Image.Open(comp, writable: true))
+        {
+            Assert.Equal(Qcow2Kind.Compressed, q.Map(0).Kind);
+            Assert.False(q.TryAllocateForWrite(0));
+            Assert.Equal(0, q.AllocatedForSqe);
+        }
+        AssertClean(img);
+        AssertClean(comp);
     }
 
     [Fact]

@@ -16,7 +16,9 @@ namespace Ublk.Aot.Backends;
 /// <see cref="MaxPieces"/> per request), zero pieces are cleared, and what lives in the backing chain or a
 /// compressed cluster is read synchronously. A WRITE whose every cluster the image already owns becomes WRITE SQEs
 /// (FUA: RWF_DSYNC); one that must allocate (a new cluster, copy-on-write, a zero-flagged cluster) is done
-/// synchronously by <see cref="Qcow2Image.Write"/> in its crash-safe order, its L2 entry written back later. FLUSH
+/// synchronously by <see cref="Qcow2Image.Write"/> in its crash-safe order, its L2 entry written back later, except
+/// where the new cluster lies past the end of the file over what reads as zeros: there the cluster is allocated
+/// first (<see cref="Qcow2Image.TryAllocateForWrite"/>) and the data goes as a WRITE SQE like any other. FLUSH
 /// is that write-back (<see cref="Qcow2Image.WriteBack"/>) when metadata changed since the last one, else an
 /// fdatasync SQE; DISCARD and WRITE_ZEROES change L2 entries synchronously.
 /// </summary>
@@ -142,10 +144,19 @@ public struct Qcow2Backend(Qcow2Image image) : IBackend
         if (fua && _image.HasUnwrittenMetadata) return WriteSync(queue, tag, offset, length, fua);
         int first = tag * MaxPieces, n = 0;
         uint pos = 0;
+        bool allocated = false;
         while (pos < length)
         {
             Qcow2Mapping m = _image.Map(offset + pos);
-            if (!m.InPlace) return WriteSync(queue, tag, offset, length, fua);
+            if (!m.InPlace)
+            {
+                // A new cluster over zeros at the end of the file takes the data as an SQE too (the image says when);
+                // a FUA write would make its new entry durable: the synchronous path does that.
+                if (fua || allocated || !_image.TryAllocateForWrite(offset + pos)) return WriteSync(queue, tag, offset, length, fua);
+                allocated = true; // mapped again: in place now
+                continue;
+            }
+            allocated = false;
             uint k = Math.Min(m.Length, length - pos);
             if (!AddPiece(first, ref n, m.Host, pos, k)) return WriteSync(queue, tag, offset, length, fua);
             pos += k;

@@ -304,6 +304,43 @@ public sealed partial class Qcow2Image
         else if (host != 0 && !owned) AddFreed(new Freed(host, 0));
     }
 
+    /// <summary>
+    /// Prepares guest offset <paramref name="offset"/>'s cluster to take a write's data as an I/O of the caller's
+    /// (an SQE) instead of through <see cref="Write"/>, when that cannot lose or invent a byte: the cluster is not
+    /// allocated (unallocated or zero-flagged with no host cluster), the whole of it reads as zeros, and the cluster
+    /// it gets lies at or past the end of the file. Then, as <see cref="Write"/> would: the cluster is allocated (its
+    /// refcount written), the file extended over it (a hole: zeros, its old contents), the L2 entry changed in the
+    /// cache (written back later). On true <see cref="Map"/> shows the cluster in place, and the caller writes its
+    /// bytes there. Until they land, the cluster reads as zeros, what it read before; a write-back meanwhile (a
+    /// FLUSH does not cover a write still in flight) or a crash can only leave that, never a wrong byte. False:
+    /// nothing changed, the write must take <see cref="Write"/> (copy-on-write from a backing file or a compressed
+    /// cluster, an allocated zero-flagged cluster, a free cluster inside the file that may hold old bytes).
+    /// </summary>
+    public bool TryAllocateForWrite(ulong offset)
+    {
+        RequireWritable();
+        Qcow2Header h = Header;
+        if (offset >= h.Size) throw new Qcow2Exception("qcow2: write beyond the virtual size", Errno.EINVAL);
+        ulong cs = (ulong)h.ClusterSize;
+        ulong clusterStart = offset & ~(cs - 1);
+        ulong vcluster = clusterStart >> h.ClusterBits;
+        ulong table = EntryOf(vcluster, out ulong l1Index, out int l2Index, out ulong entry, out _);
+        if ((entry & L2Compressed) != 0 || (entry & OffsetMask) != 0) return false;
+        if (!ReadsAsZero(clusterStart, cs)) return false;
+        while (Refcount(_nextFree) != 0) _nextFree++;
+        if ((_nextFree << h.ClusterBits) < _fileEnd) return false;
+        ulong target = AllocateCluster();
+        Extend(target + cs);
+        if (table == 0) table = NewTable(l1Index);
+        SetL2(table, l2Index, target | Copied, h.ExtendedL2 ? AllAllocated : 0);
+        AllocatedForSqe++;
+        Commit(fua: false);
+        return true;
+    }
+
+    /// <summary>Clusters <see cref="TryAllocateForWrite"/> prepared for a write's data as an SQE since the image was opened.</summary>
+    public long AllocatedForSqe { get; private set; }
+
     /// <summary>One whole cluster of a Zero call: its new L2 entry, and the cluster it let go of.</summary>
     private void ZeroCluster(ulong clusterStart, bool keepAllocated)
     {
